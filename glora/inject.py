@@ -1,0 +1,108 @@
+"""Putting GLoRA into a timm ViT and driving it: injection, subnets, trainable set, state."""
+from __future__ import annotations
+
+import re
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from glora.layer import ChoiceSampler, GLoRALinear, is_trainable_name
+from glora.space import choice_params
+
+# Exactly the four block linears of a timm ViT. A bare "proj" would also hit patch_embed.proj
+# (a Conv2d), and "every Linear but head" would hit pre-logits or extra heads: both are defects
+# of the original targeting.
+DEFAULT_TARGETS = r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))"
+
+Subnet = Sequence[Mapping[str, str]] | Mapping[str, Mapping[str, str]]
+
+
+def inject_glora(model: nn.Module, rank: int, targets: str | None = None) -> list[str]:
+    """Replace every ``nn.Linear`` whose qualified name fully matches ``targets`` (a regex).
+
+    Returns the replaced names in module order: the spine of subnets and search.
+    """
+    pattern = re.compile(targets or DEFAULT_TARGETS)
+    names = [name for name, module in model.named_modules()
+             if pattern.fullmatch(name) and type(module) is nn.Linear]
+    if not names:
+        raise ValueError(f"no nn.Linear in the model matches {pattern.pattern!r}")
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, GLoRALinear.from_linear(getattr(parent, child), rank))
+    return names
+
+
+def glora_layers(model: nn.Module) -> list[tuple[str, GLoRALinear]]:
+    """``(qualified name, layer)`` of every GLoRA layer, in injection order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, GLoRALinear)]
+
+
+def layer_shapes(model: nn.Module) -> list[tuple[int, int]]:
+    """``(in_features, out_features)`` of every GLoRA layer, in order (for the search)."""
+    return [(m.in_features, m.out_features) for _, m in glora_layers(model)]
+
+
+def set_subnet(model: nn.Module, subnet: Subnet | None,
+               sampler: ChoiceSampler | None = None, seed: int = 0) -> ChoiceSampler | None:
+    """Fix every layer's choice, or (``subnet=None``) sample a fresh choice per layer per forward.
+
+    ``subnet`` is a list of choice dicts in injection order, or a mapping layer name -> choice.
+    In sampling mode all layers share one :class:`ChoiceSampler` (``sampler``, or a new one
+    seeded with ``seed``), which is returned so its state can be checkpointed.
+    """
+    layers = glora_layers(model)
+    if subnet is None:
+        sampler = sampler or ChoiceSampler(seed)
+        for _, layer in layers:
+            layer.choice, layer.sampler = None, sampler
+        return sampler
+    choices = _ordered_choices(layers, subnet)
+    for (_, layer), choice in zip(layers, choices):
+        layer.set_choice(choice)
+    return None
+
+
+def _ordered_choices(layers: list, subnet: Subnet) -> list:
+    names = [name for name, _ in layers]
+    if isinstance(subnet, Mapping):
+        missing, extra = set(names) - set(subnet), set(subnet) - set(names)
+        if missing or extra:
+            raise ValueError(f"subnet does not match the model's GLoRA layers: missing "
+                             f"{sorted(missing)[:3]}…, unknown {sorted(extra)[:3]}…")
+        return [subnet[name] for name in names]
+    if len(subnet) != len(names):
+        raise ValueError(f"subnet has {len(subnet)} choices but the model has {len(names)} GLoRA layers")
+    return list(subnet)
+
+
+def current_subnet(model: nn.Module) -> list[dict]:
+    """The fixed choices of every layer (error if a layer is in sampling mode)."""
+    layers = glora_layers(model)
+    if any(layer.choice is None for _, layer in layers):
+        raise ValueError("the model is in sampling mode; it has no fixed subnet")
+    return [dict(layer.choice) for _, layer in layers]
+
+
+def count_params(model: nn.Module, subnet: Subnet) -> int:
+    """Parameters a subnet adds to the model (the search budget; the head is not counted)."""
+    layers = glora_layers(model)
+    choices = _ordered_choices(layers, subnet)
+    return sum(choice_params(c, m.in_features, m.out_features) for (_, m), c in zip(layers, choices))
+
+
+def mark_trainable(model: nn.Module) -> list[str]:
+    """Set ``requires_grad`` exactly on ``glora_*`` tensors and ``head.*``; return those names."""
+    trainable = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(is_trainable_name(name))
+        if param.requires_grad:
+            trainable.append(name)
+    return trainable
+
+
+def glora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Exactly the ``glora_*`` and ``head.*`` tensors of the model's state dict."""
+    return {k: v for k, v in model.state_dict().items() if is_trainable_name(k)}

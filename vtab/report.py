@@ -1,0 +1,393 @@
+"""VTAB-1k report: our results.json files side by side with the published rows.
+
+    python -m vtab.report RUNS_DIR [--out DIR] [--methods glora lora ...]
+
+Walks RUNS_DIR for results.json, groups runs into rows by (method, budget, protocol, selection
+split), averages seeds per task, and computes the three group means, their mean (the papers'
+"average") and the plain 19-task mean. Task order and groups come from ``vtab/reference.csv``.
+Writes report.md, report.csv and accuracy_vs_params.png (if matplotlib is importable) into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+REFERENCE_CSV = Path(__file__).with_name("reference.csv")
+REQUIRED_KEYS = ("dataset", "method", "protocol", "selection_split", "test_acc1")
+AVERAGES = ("mean_of_groups", "mean_19")
+PLOT_FILE = "accuracy_vs_params.png"
+DASH = "—"
+PROTOCOL_NOTES = (
+    "`val`: supernet trained on train800, subnet selected on val200, test evaluated once.",
+    "`paper`: supernet trained on train800val200, subnet **selected on the test set** "
+    "(the original code as first released); its test numbers are optimistic.",
+    "published: copied from vtab/reference.csv (sources there); the GLoRA row was most likely "
+    "selected on the test set, so compare it with our `paper` rows.",
+)
+
+
+class ReportError(Exception):
+    """A problem that stops the report; str(e) is one line."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Published VTAB-1k rows, the task order and the task groups (all from reference.csv)."""
+    tasks: list[str]
+    groups: dict[str, list[str]]
+    rows: list[Row]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Test top-1 (%) of one row on one task: mean over runs, sample std (n > 1), params (M)."""
+    mean: float
+    std: float | None
+    n: int
+    params_M: float | None
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method row: ours (one method, budget, protocol, selection split) or a published row."""
+    label: str
+    method: str
+    protocol: str
+    selection_split: str
+    params_M: float | None
+    cells: dict[str, Cell]
+
+    def acc(self) -> dict[str, float]:
+        """Task -> mean test top-1."""
+        return {task: cell.mean for task, cell in self.cells.items()}
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything the writers need."""
+    ref: Reference
+    ours: list[Row]
+    published: list[Row]
+    errors: list[tuple[str, str]]  # (path relative to RUNS_DIR, reason)
+    runs_dir: Path
+    n_files: int
+
+    def vtab_rows(self) -> list[Row]:
+        """Our rows with at least one of the 19 tasks, then the published rows."""
+        return [r for r in self.ours if set(r.cells) & set(self.ref.tasks)] + self.published
+
+
+# ---------------------------------------------------------------- math (pure)
+def group_means(acc_by_task: Mapping[str, float],
+                groups: Mapping[str, Sequence[str]] | None = None) -> dict[str, float | None]:
+    """Mean top-1 per group; None for a group with any task missing."""
+    groups = load_reference().groups if groups is None else groups
+    return {name: (sum(acc_by_task[t] for t in tasks) / len(tasks)
+                   if all(t in acc_by_task for t in tasks) else None)
+            for name, tasks in groups.items()}
+
+
+def summarize(acc_by_task: Mapping[str, float],
+              groups: Mapping[str, Sequence[str]] | None = None) -> dict[str, float | None]:
+    """Group means, mean_of_groups (the papers' average) and mean_19 (plain mean over all tasks)."""
+    groups = load_reference().groups if groups is None else groups
+    out = group_means(acc_by_task, groups)
+    means = list(out.values())
+    out["mean_of_groups"] = None if None in means else sum(means) / len(means)
+    tasks = [t for names in groups.values() for t in names]
+    complete = all(t in acc_by_task for t in tasks)
+    out["mean_19"] = sum(acc_by_task[t] for t in tasks) / len(tasks) if complete else None
+    return out
+
+
+def missing_by_group(acc_by_task: Mapping[str, float],
+                     groups: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Group -> its tasks without a result (only groups with something missing)."""
+    missing = {g: [t for t in tasks if t not in acc_by_task] for g, tasks in groups.items()}
+    return {g: tasks for g, tasks in missing.items() if tasks}
+
+
+# ---------------------------------------------------------------- reading
+def _parse_groups(comments: list[str], tasks: list[str]) -> dict[str, list[str]]:
+    for line in comments:
+        sizes = re.findall(r"(\w+)\((\d+)\)", line)
+        if len(sizes) >= 2:
+            if sum(int(n) for _, n in sizes) != len(tasks):
+                raise ReportError(f"group sizes {sizes} do not add up to {len(tasks)} task columns")
+            groups, start = {}, 0
+            for name, n in sizes:
+                groups[name], start = tasks[start:start + int(n)], start + int(n)
+            return groups
+    raise ReportError("no comment line with the group sizes, e.g. 'natural(7) | specialized(4)'")
+
+
+def load_reference(path: Path = REFERENCE_CSV) -> Reference:
+    """Parse the published-numbers CSV: header = method, params_M, tasks in paper order."""
+    lines = Path(path).read_text().splitlines()
+    reader = csv.DictReader([l for l in lines if l.strip() and not l.startswith("#")])
+    tasks = list(reader.fieldnames or [])[2:]
+    groups = _parse_groups([l for l in lines if l.startswith("#")], tasks)
+    rows = []
+    for rec in reader:
+        cells = {t: Cell(float(rec[t]), None, 1, float(rec["params_M"])) for t in tasks}
+        rows.append(Row(f"published: {rec['method']}", rec["method"], "published", "n/a",
+                        float(rec["params_M"]), cells))
+    return Reference(tasks, groups, rows)
+
+
+def _number(value: object) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def read_result(path: Path) -> dict:
+    """Parse one results.json; ValueError with a one-line reason when unreadable or incomplete."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not readable JSON ({e})") from None
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if rec.get(k) in (None, "")]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    if _number(rec["test_acc1"]) is None:
+        raise ValueError(f"test_acc1 is not a finite number: {rec['test_acc1']!r}")
+    return rec
+
+
+def budget_label(method: str, limit: float | None) -> str:
+    """'glora@1.0M' for a budgeted run, the bare method name otherwise."""
+    if limit is None:
+        return method
+    text = f"{limit:g}"
+    return f"{method}@{text if ('.' in text or 'e' in text) else text + '.0'}M"
+
+
+def _params_M(rec: dict) -> float | None:
+    params_M = _number(rec.get("params_M"))
+    params = _number(rec.get("params"))
+    return params_M if params_M is not None else (params / 1e6 if params is not None else None)
+
+
+def _cell(recs: list[dict]) -> Cell:
+    accs = [float(r["test_acc1"]) for r in recs]
+    params = [p for p in map(_params_M, recs) if p is not None]
+    return Cell(statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else None,
+                len(accs), statistics.fmean(params) if params else None)
+
+
+def build_rows(records: Sequence[dict]) -> list[Row]:
+    """Group runs by (method, budget, protocol, selection split) and task; average the seeds."""
+    runs: dict[tuple, dict[str, list[dict]]] = {}
+    for rec in records:
+        key = (str(rec["method"]), _number(rec.get("param_limit_M")),
+               str(rec["protocol"]), str(rec["selection_split"]))
+        runs.setdefault(key, {}).setdefault(str(rec["dataset"]), []).append(rec)
+    rows = []
+    for key in sorted(runs, key=lambda k: (k[0], k[1] is None, k[1] or 0.0, k[2], k[3])):
+        method, limit, protocol, split = key
+        cells = {task: _cell(recs) for task, recs in sorted(runs[key].items())}
+        params = [c.params_M for c in cells.values() if c.params_M is not None]
+        label = f"ours: {budget_label(method, limit)} [{protocol}, selected on {split}]"
+        rows.append(Row(label, method, protocol, split,
+                        statistics.fmean(params) if params else None, cells))
+    return rows
+
+
+def collect(runs_dir: Path, methods: Sequence[str] | None = None,
+            ref: Reference | None = None) -> Report:
+    """Read every results.json under runs_dir into a Report; ReportError if there is nothing."""
+    ref = load_reference() if ref is None else ref
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ReportError(f"RUNS_DIR {runs_dir} does not exist or is not a directory")
+    paths = sorted(runs_dir.rglob("results.json"))
+    if not paths:
+        raise ReportError(f"no results.json files under {runs_dir}")
+    records, errors = [], []
+    for path in paths:
+        try:
+            records.append(read_result(path))
+        except ValueError as e:
+            errors.append((str(path.relative_to(runs_dir)), str(e)))
+    if not records:
+        raise ReportError(f"none of the {len(paths)} results.json files under {runs_dir} is "
+                          f"usable (first: {errors[0][0]}: {errors[0][1]})")
+    keep = (lambda m: m in methods) if methods else (lambda m: True)
+    ours = [r for r in build_rows(records) if keep(r.method)]
+    if not ours:
+        found = sorted({str(r["method"]) for r in records})
+        raise ReportError(f"no results for methods {list(methods or [])}; found {found}")
+    published = [r for r in ref.rows if keep(r.method)]
+    return Report(ref, ours, published, errors, runs_dir, len(paths))
+
+
+# ---------------------------------------------------------------- writing
+def _fmt(x: float | None) -> str:
+    return DASH if x is None else f"{x:.2f}"
+
+
+def _cell_text(cell: Cell | None) -> str:
+    if cell is None:
+        return DASH
+    return _fmt(cell.mean) + (f" ±{cell.std:.2f} (n={cell.n})" if cell.std is not None else "")
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in body] + [""]
+
+
+def _vtab_sections(rep: Report) -> list[str]:
+    ref, rows = rep.ref, rep.vtab_rows()
+    head = ["row", "params (M)", "tasks", *ref.groups, "mean of groups", "mean of 19"]
+    body = []
+    for r in rows:
+        s = summarize(r.acc(), ref.groups)
+        n = len(set(r.cells) & set(ref.tasks))
+        body.append([r.label, _fmt(r.params_M), f"{n}/{len(ref.tasks)}"]
+                    + [_fmt(s[k]) for k in (*ref.groups, *AVERAGES)])
+    out = ["## Summary (test top-1 %)", ""] + _table(head, body)
+    out += ["## Per task (mean over seeds; ± sample std and n when n > 1)", ""]
+    out += _table(["row", *ref.tasks], [[r.label] + [_cell_text(r.cells.get(t)) for t in ref.tasks]
+                                        for r in rows])
+    notes = [f"- {r.label}: " + "; ".join(f"{g} missing {', '.join(ts)}" for g, ts in
+                                         missing_by_group(r.acc(), ref.groups).items())
+             for r in rows if missing_by_group(r.acc(), ref.groups)]
+    if notes:
+        out += [f"Group means are shown only for complete groups ({DASH} otherwise):", ""]
+        out += notes + [""]
+    done = {t for r in rep.ours for t in r.cells}
+    absent = [t for t in ref.tasks if t not in done]
+    out += ["## Missing", ""]
+    out += [f"No results for {len(absent)} of the {len(ref.tasks)} tasks: {', '.join(absent)}"
+            if absent else f"Every one of the {len(ref.tasks)} tasks has results.", ""]
+    return out
+
+
+def render_markdown(rep: Report, plot_file: str | None = None) -> str:
+    """The whole report as markdown."""
+    out = ["# VTAB-1k report", "",
+           f"Runs: `{rep.runs_dir}` ({rep.n_files} results.json, {len(rep.errors)} unreadable).",
+           "", "Protocols:", ""] + [f"- {note}" for note in PROTOCOL_NOTES] + [""]
+    if rep.vtab_rows():
+        out += _vtab_sections(rep)
+    other = [(t, r, c) for r in rep.ours for t, c in r.cells.items() if t not in rep.ref.tasks]
+    if other:
+        out += ["## Other tasks (not among the 19 VTAB-1k tasks; no group means)", ""]
+        out += _table(["task", "method", "row", "test top-1", "params (M)"],
+                      [[t, r.method, r.label, _cell_text(c), _fmt(c.params_M)]
+                       for t, r, c in sorted(other, key=lambda x: x[0])])
+    if rep.errors:
+        out += ["## Unreadable results files", ""]
+        out += [f"- `{path}`: {why}" for path, why in rep.errors] + [""]
+    out += [f"![accuracy vs params]({plot_file})" if plot_file
+            else "Plot skipped (matplotlib is not importable).", ""]
+    return "\n".join(out)
+
+
+def write_csv(rep: Report, path: Path) -> None:
+    """One line per method row: label, protocol, selection_split, params_M, tasks, means."""
+    ref = rep.ref
+    header = ["label", "protocol", "selection_split", "params_M", *ref.tasks, *ref.groups, *AVERAGES]
+    num = lambda x: "" if x is None else repr(round(x, 4))  # noqa: E731
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for r in rep.vtab_rows():
+            s = summarize(r.acc(), ref.groups)
+            writer.writerow([r.label, r.protocol, r.selection_split, num(r.params_M)]
+                            + [num(r.cells[t].mean if t in r.cells else None) for t in ref.tasks]
+                            + [num(s[k]) for k in (*ref.groups, *AVERAGES)])
+
+
+def _panels(rep: Report) -> list[tuple[str, list[tuple[Row, float]]]]:
+    panels = [("mean of group means", [(r, s) for r in rep.ours + rep.published
+                                       if (s := summarize(r.acc(), rep.ref.groups)
+                                           ["mean_of_groups"]) is not None])]
+    tasks = rep.ref.tasks + sorted({t for r in rep.ours for t in r.cells} - set(rep.ref.tasks))
+    for task in tasks:
+        if any(task in r.cells for r in rep.ours):
+            panels.append((task, [(r, r.cells[task].mean) for r in rep.ours + rep.published
+                                  if task in r.cells]))
+    return [(title, pts) for title, pts in panels if pts]
+
+
+def plot(rep: Report, path: Path) -> bool:
+    """Accuracy vs trainable params (M), one panel per task plus the average; False if no matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    panels = _panels(rep)
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4 * ncols, 3.2 * nrows + 0.6 * len(rep.ours)), layout="constrained")
+    FigureCanvasAgg(fig)
+    colours = {r.label: f"C{i % 10}" for i, r in enumerate(rep.ours)}
+    for ax, (title, points) in zip(fig.subplots(nrows, ncols, squeeze=False).flat, panels):
+        for row, acc in points:
+            if row.params_M is None:
+                continue
+            if row.protocol == "published":
+                ax.scatter(row.params_M, acc, c="0.6", marker="s", s=18)
+                ax.annotate(row.method, (row.params_M, acc), fontsize=6, color="0.4")
+            else:
+                ax.scatter(row.params_M, acc, c=colours[row.label], marker="o", s=36,
+                           label=row.label)
+        ax.set(title=title, xscale="symlog", xlabel="trainable params (M)", ylabel="top-1 (%)")
+        ax.xaxis.get_major_locator().set_params(linthresh=0.01)
+    for ax in list(fig.axes)[len(panels):]:
+        ax.set_visible(False)
+    handles = {h.get_label(): h for ax in fig.axes for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize=7)
+    fig.savefig(path, dpi=110)
+    return True
+
+
+# ---------------------------------------------------------------- CLI
+def get_args_parser() -> argparse.ArgumentParser:
+    """Command-line arguments of ``python -m vtab.report``."""
+    p = argparse.ArgumentParser(prog="python -m vtab.report", description=__doc__.split("\n")[0])
+    p.add_argument("runs_dir", type=Path, help="folder searched recursively for results.json")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: RUNS_DIR)")
+    p.add_argument("--methods", nargs="+", type=str, default=None,
+                   help="keep only these methods (ours and published), e.g. glora lora")
+    p.add_argument("--reference", type=Path, default=REFERENCE_CSV, help="published numbers CSV")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Build the report; exit code 2 (one-line error) when there is nothing to report."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        rep = collect(args.runs_dir, args.methods, load_reference(args.reference))
+    except ReportError as e:
+        print(f"vtab.report: error: {e}", file=sys.stderr)
+        return 2
+    for path, why in rep.errors:
+        print(f"vtab.report: warning: skipped {path}: {why}", file=sys.stderr)
+    out = args.out if args.out is not None else args.runs_dir
+    out.mkdir(parents=True, exist_ok=True)
+    plotted = plot(rep, out / PLOT_FILE)
+    markdown = render_markdown(rep, PLOT_FILE if plotted else None)
+    (out / "report.md").write_text(markdown)
+    write_csv(rep, out / "report.csv")
+    print(markdown)
+    print(f"wrote {out / 'report.md'}, {out / 'report.csv'}"
+          + (f", {out / PLOT_FILE}" if plotted else "; matplotlib not importable: skipped the plot"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
