@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from glora.layer import ChoiceSampler, GLoRALinear, is_trainable_name
+from glora.layer import ChoiceSampler, GLoRALinear, is_trainable_name, used_tensor_names
 from glora.space import choice_params
 
 # Exactly the four block linears of a timm ViT. A bare "proj" would also hit patch_embed.proj
@@ -106,3 +106,33 @@ def mark_trainable(model: nn.Module) -> list[str]:
 def glora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Exactly the ``glora_*`` and ``head.*`` tensors of the model's state dict."""
     return {k: v for k, v in model.state_dict().items() if is_trainable_name(k)}
+
+
+def freeze_unused(model: nn.Module) -> list[str]:
+    """For fixed-subnet training: stop gradients to stored tensors no layer's choice reads.
+
+    Returns the names that stay trainable (the used glora_* tensors and the head).
+    """
+    for _, layer in glora_layers(model):
+        if layer.choice is None:
+            raise ValueError("freeze_unused needs a fixed subnet; call set_subnet(model, subnet) first")
+        used = used_tensor_names(layer.choice, layer.rank)
+        for name, param in layer.named_parameters(recurse=False):
+            if name.startswith("glora_") and name not in used:
+                param.requires_grad_(False)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def load_trained_state(model: nn.Module, state: Mapping[str, torch.Tensor], full: bool = False) -> None:
+    """Load a ``glora_state_dict`` (or, ``full=True``, a whole state dict) into the model.
+
+    After the non-strict load, the missing keys must be exactly the frozen backbone's.
+    """
+    if full:
+        model.load_state_dict(state, strict=True)
+        return
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    wrong_missing = [k for k in missing if is_trainable_name(k)]
+    if unexpected or wrong_missing:
+        raise ValueError(f"checkpoint tensors do not fit the model: unexpected {unexpected[:4]}, "
+                         f"missing {wrong_missing[:4]} (different model, depth or rank?)")

@@ -153,6 +153,20 @@ def _vector(parsed: tuple[str, int], vec: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
+_STORAGE = {"A": ("glora_Ad", "glora_Au"), "B": ("glora_Bd", "glora_Bu"),
+            "C": ("glora_Cd", "glora_Cu"), "D": ("glora_D",), "E": ("glora_E",)}
+
+
+def used_tensor_names(choice: Mapping[str, str], rank: int) -> set[str]:
+    """The stored tensors a choice reads: both factors for LoRA_k, the down factor otherwise."""
+    used = set()
+    for support, names in _STORAGE.items():
+        kind, _ = parse_option(support, choice[support], rank)
+        if kind != "none":
+            used.update(names if kind == "lora" else names[:1])
+    return used
+
+
 def is_trainable_name(name: str) -> bool:
     """The one rule for what trains and is saved: ``glora_*`` tensors and the head."""
     return name.rsplit(".", 1)[-1].startswith("glora_") or name.startswith("head.")

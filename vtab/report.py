@@ -2,10 +2,8 @@
 
     python -m vtab.report RUNS_DIR [--out DIR] [--methods glora lora ...]
 
-Walks RUNS_DIR for results.json, groups runs into rows by (method, budget, protocol, selection
-split), averages seeds per task, and computes the three group means, their mean (the papers'
-"average") and the plain 19-task mean. Task order and groups come from ``vtab/reference.csv``.
-Writes report.md, report.csv and accuracy_vs_params.png (if matplotlib is importable) into --out.
+Rows are (method, budget, protocol, selection split), seeds are averaged per task; task order and
+groups come from vtab/reference.csv. Writes report.md, report.csv and accuracy_vs_params.png.
 """
 from __future__ import annotations
 
@@ -28,22 +26,14 @@ DASH = "—"
 PROTOCOL_NOTES = (
     "`val`: supernet trained on train800, subnet selected on val200, test evaluated once.",
     "`paper`: supernet trained on train800val200, subnet **selected on the test set** "
-    "(the original code as first released); its test numbers are optimistic.",
+    "(the original code as first released), so its test numbers are optimistic.",
     "published: copied from vtab/reference.csv (sources there); the GLoRA row was most likely "
-    "selected on the test set, so compare it with our `paper` rows.",
-)
+    "selected on the test set, so compare it with our `paper` rows.")
+Groups = Mapping[str, Sequence[str]]
 
 
 class ReportError(Exception):
     """A problem that stops the report; str(e) is one line."""
-
-
-@dataclass(frozen=True)
-class Reference:
-    """Published VTAB-1k rows, the task order and the task groups (all from reference.csv)."""
-    tasks: list[str]
-    groups: dict[str, list[str]]
-    rows: list[Row]
 
 
 @dataclass(frozen=True)
@@ -57,12 +47,12 @@ class Cell:
 
 @dataclass(frozen=True)
 class Row:
-    """One method row: ours (one method, budget, protocol, selection split) or a published row."""
+    """One method row: ours (method, budget, protocol, selection split) or a published one."""
     label: str
     method: str
     protocol: str
     selection_split: str
-    params_M: float | None
+    params_M: float | None  # mean over tasks of the trainable params (M)
     cells: dict[str, Cell]
 
     def acc(self) -> dict[str, float]:
@@ -71,12 +61,20 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """The published rows, the task order and the task groups, all from reference.csv."""
+    tasks: list[str]
+    groups: dict[str, list[str]]
+    rows: list[Row]
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything the writers need."""
     ref: Reference
     ours: list[Row]
     published: list[Row]
-    errors: list[tuple[str, str]]  # (path relative to RUNS_DIR, reason)
+    errors: list[tuple[str, str]]  # (path relative to runs_dir, one-line reason)
     runs_dir: Path
     n_files: int
 
@@ -85,61 +83,59 @@ class Report:
         return [r for r in self.ours if set(r.cells) & set(self.ref.tasks)] + self.published
 
 
-# ---------------------------------------------------------------- math (pure)
-def group_means(acc_by_task: Mapping[str, float],
-                groups: Mapping[str, Sequence[str]] | None = None) -> dict[str, float | None]:
-    """Mean top-1 per group; None for a group with any task missing."""
+def group_means(acc_by_task: Mapping[str, float], groups: Groups | None = None
+                ) -> dict[str, float | None]:
+    """Mean top-1 of each group; None for a group with any task missing."""
     groups = load_reference().groups if groups is None else groups
-    return {name: (sum(acc_by_task[t] for t in tasks) / len(tasks)
-                   if all(t in acc_by_task for t in tasks) else None)
-            for name, tasks in groups.items()}
+    return {g: sum(acc_by_task[t] for t in ts) / len(ts) if all(t in acc_by_task for t in ts)
+            else None for g, ts in groups.items()}
 
 
-def summarize(acc_by_task: Mapping[str, float],
-              groups: Mapping[str, Sequence[str]] | None = None) -> dict[str, float | None]:
-    """Group means, mean_of_groups (the papers' average) and mean_19 (plain mean over all tasks)."""
+def summarize(acc_by_task: Mapping[str, float], groups: Groups | None = None
+              ) -> dict[str, float | None]:
+    """Group means + mean_of_groups (the papers' "average") + mean_19 (plain mean of all tasks)."""
     groups = load_reference().groups if groups is None else groups
     out = group_means(acc_by_task, groups)
     means = list(out.values())
     out["mean_of_groups"] = None if None in means else sum(means) / len(means)
-    tasks = [t for names in groups.values() for t in names]
+    tasks = [t for ts in groups.values() for t in ts]
     complete = all(t in acc_by_task for t in tasks)
     out["mean_19"] = sum(acc_by_task[t] for t in tasks) / len(tasks) if complete else None
     return out
 
 
-def missing_by_group(acc_by_task: Mapping[str, float],
-                     groups: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Group -> its tasks without a result (only groups with something missing)."""
-    missing = {g: [t for t in tasks if t not in acc_by_task] for g, tasks in groups.items()}
-    return {g: tasks for g, tasks in missing.items() if tasks}
+def missing_by_group(acc_by_task: Mapping[str, float], groups: Groups) -> dict[str, list[str]]:
+    """Group -> its tasks without a result, for the groups with something missing."""
+    missing = {g: [t for t in ts if t not in acc_by_task] for g, ts in groups.items()}
+    return {g: ts for g, ts in missing.items() if ts}
 
 
-# ---------------------------------------------------------------- reading
 def _parse_groups(comments: list[str], tasks: list[str]) -> dict[str, list[str]]:
-    for line in comments:
-        sizes = re.findall(r"(\w+)\((\d+)\)", line)
+    for line in comments:  # the line that reads "natural(7) | specialized(4) | structured(8)"
+        sizes = [(name, int(n)) for name, n in re.findall(r"(\w+)\((\d+)\)", line)]
         if len(sizes) >= 2:
-            if sum(int(n) for _, n in sizes) != len(tasks):
-                raise ReportError(f"group sizes {sizes} do not add up to {len(tasks)} task columns")
-            groups, start = {}, 0
-            for name, n in sizes:
-                groups[name], start = tasks[start:start + int(n)], start + int(n)
-            return groups
-    raise ReportError("no comment line with the group sizes, e.g. 'natural(7) | specialized(4)'")
+            if sum(n for _, n in sizes) != len(tasks):
+                raise ReportError(f"group sizes {sizes} do not add up to {len(tasks)} tasks")
+            ends = [sum(n for _, n in sizes[:i + 1]) for i in range(len(sizes))]
+            return {name: tasks[end - n:end] for (name, n), end in zip(sizes, ends)}
+    raise ReportError("no comment line gives the group sizes, e.g. 'natural(7) | ...'")
 
 
 def load_reference(path: Path = REFERENCE_CSV) -> Reference:
-    """Parse the published-numbers CSV: header = method, params_M, tasks in paper order."""
-    lines = Path(path).read_text().splitlines()
-    reader = csv.DictReader([l for l in lines if l.strip() and not l.startswith("#")])
+    """Parse the published-numbers CSV (header: method, params_M, the tasks in paper order)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise ReportError(f"cannot read the reference CSV {path}: {e.strerror}") from None
+    reader = csv.DictReader([line for line in lines if line.strip() and line[0] != "#"])
     tasks = list(reader.fieldnames or [])[2:]
-    groups = _parse_groups([l for l in lines if l.startswith("#")], tasks)
+    groups = _parse_groups([line for line in lines if line.startswith("#")], tasks)
     rows = []
     for rec in reader:
-        cells = {t: Cell(float(rec[t]), None, 1, float(rec["params_M"])) for t in tasks}
+        params = float(rec["params_M"])
+        cells = {t: Cell(float(rec[t]), None, 1, params) for t in tasks}
         rows.append(Row(f"published: {rec['method']}", rec["method"], "published", "n/a",
-                        float(rec["params_M"]), cells))
+                        params, cells))
     return Reference(tasks, groups, rows)
 
 
@@ -149,7 +145,7 @@ def _number(value: object) -> float | None:
 
 
 def read_result(path: Path) -> dict:
-    """Parse one results.json; ValueError with a one-line reason when unreadable or incomplete."""
+    """Parse one results.json; ValueError with a one-line reason if unreadable or incomplete."""
     try:
         rec = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -165,17 +161,14 @@ def read_result(path: Path) -> dict:
 
 
 def budget_label(method: str, limit: float | None) -> str:
-    """'glora@1.0M' for a budgeted run, the bare method name otherwise."""
-    if limit is None:
-        return method
-    text = f"{limit:g}"
-    return f"{method}@{text if ('.' in text or 'e' in text) else text + '.0'}M"
+    """'glora@1.0M' for a run with a parameter budget, the bare method name otherwise."""
+    text = f"{limit:g}" if limit is not None else ""
+    return f"{method}@{text if '.' in text or 'e' in text else text + '.0'}M" if text else method
 
 
 def _params_M(rec: dict) -> float | None:
-    params_M = _number(rec.get("params_M"))
-    params = _number(rec.get("params"))
-    return params_M if params_M is not None else (params / 1e6 if params is not None else None)
+    params_M, params = _number(rec.get("params_M")), _number(rec.get("params"))
+    return params_M if params_M is not None else None if params is None else params / 1e6
 
 
 def _cell(recs: list[dict]) -> Cell:
@@ -205,9 +198,8 @@ def build_rows(records: Sequence[dict]) -> list[Row]:
 
 def collect(runs_dir: Path, methods: Sequence[str] | None = None,
             ref: Reference | None = None) -> Report:
-    """Read every results.json under runs_dir into a Report; ReportError if there is nothing."""
-    ref = load_reference() if ref is None else ref
-    runs_dir = Path(runs_dir)
+    """Read every results.json under runs_dir into a Report; ReportError if nothing is usable."""
+    ref, runs_dir = load_reference() if ref is None else ref, Path(runs_dir)
     if not runs_dir.is_dir():
         raise ReportError(f"RUNS_DIR {runs_dir} does not exist or is not a directory")
     paths = sorted(runs_dir.rglob("results.json"))
@@ -227,19 +219,16 @@ def collect(runs_dir: Path, methods: Sequence[str] | None = None,
     if not ours:
         found = sorted({str(r["method"]) for r in records})
         raise ReportError(f"no results for methods {list(methods or [])}; found {found}")
-    published = [r for r in ref.rows if keep(r.method)]
-    return Report(ref, ours, published, errors, runs_dir, len(paths))
+    return Report(ref, ours, [r for r in ref.rows if keep(r.method)], errors, runs_dir, len(paths))
 
 
-# ---------------------------------------------------------------- writing
-def _fmt(x: float | None) -> str:
-    return DASH if x is None else f"{x:.2f}"
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return DASH if x is None else f"{x:.{digits}f}"
 
 
 def _cell_text(cell: Cell | None) -> str:
-    if cell is None:
-        return DASH
-    return _fmt(cell.mean) + (f" ±{cell.std:.2f} (n={cell.n})" if cell.std is not None else "")
+    spread = f" ±{cell.std:.2f} (n={cell.n})" if cell is not None and cell.n > 1 else ""
+    return (DASH if cell is None else _fmt(cell.mean)) + spread
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
@@ -249,81 +238,74 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
 
 def _vtab_sections(rep: Report) -> list[str]:
     ref, rows = rep.ref, rep.vtab_rows()
-    head = ["row", "params (M)", "tasks", *ref.groups, "mean of groups", "mean of 19"]
-    body = []
-    for r in rows:
-        s = summarize(r.acc(), ref.groups)
-        n = len(set(r.cells) & set(ref.tasks))
-        body.append([r.label, _fmt(r.params_M), f"{n}/{len(ref.tasks)}"]
-                    + [_fmt(s[k]) for k in (*ref.groups, *AVERAGES)])
-    out = ["## Summary (test top-1 %)", ""] + _table(head, body)
-    out += ["## Per task (mean over seeds; ± sample std and n when n > 1)", ""]
-    out += _table(["row", *ref.tasks], [[r.label] + [_cell_text(r.cells.get(t)) for t in ref.tasks]
-                                        for r in rows])
-    notes = [f"- {r.label}: " + "; ".join(f"{g} missing {', '.join(ts)}" for g, ts in
-                                         missing_by_group(r.acc(), ref.groups).items())
-             for r in rows if missing_by_group(r.acc(), ref.groups)]
+    body = [[r.label, _fmt(r.params_M, 3), f"{len(set(r.cells) & set(ref.tasks))}/{len(ref.tasks)}"]
+            + [_fmt(v) for v in summarize(r.acc(), ref.groups).values()] for r in rows]
+    out = ["## Summary (test top-1 %)", ""] + _table(
+        ["row", "params (M)", "tasks", *ref.groups, "mean of groups", "mean of 19"], body)
+    out += ["mean of groups: the mean of the group means (the papers' average); mean of 19: the "
+            "plain mean over tasks; params: mean over tasks, head not counted.", ""]
+    out += ["## Per task (mean over seeds; ± sample std and n when n > 1)", ""] + _table(
+        ["row", *ref.tasks], [[r.label] + [_cell_text(r.cells.get(t)) for t in ref.tasks]
+                              for r in rows])
+    gaps = [(r.label, missing_by_group(r.acc(), ref.groups)) for r in rows]
+    notes = [f"- {label}: " + "; ".join(f"{g} missing {', '.join(ts)}" for g, ts in gap.items())
+             for label, gap in gaps if gap]
     if notes:
-        out += [f"Group means are shown only for complete groups ({DASH} otherwise):", ""]
-        out += notes + [""]
+        out += [f"Group means only over complete groups ({DASH} otherwise):", "", *notes, ""]
     done = {t for r in rep.ours for t in r.cells}
     absent = [t for t in ref.tasks if t not in done]
-    out += ["## Missing", ""]
-    out += [f"No results for {len(absent)} of the {len(ref.tasks)} tasks: {', '.join(absent)}"
-            if absent else f"Every one of the {len(ref.tasks)} tasks has results.", ""]
-    return out
+    return out + ["## Missing", "", f"No results for {len(absent)} of the {len(ref.tasks)} tasks: "
+                  f"{', '.join(absent)}" if absent else "Every task has results.", ""]
 
 
 def render_markdown(rep: Report, plot_file: str | None = None) -> str:
     """The whole report as markdown."""
-    out = ["# VTAB-1k report", "",
-           f"Runs: `{rep.runs_dir}` ({rep.n_files} results.json, {len(rep.errors)} unreadable).",
-           "", "Protocols:", ""] + [f"- {note}" for note in PROTOCOL_NOTES] + [""]
-    if rep.vtab_rows():
-        out += _vtab_sections(rep)
-    other = [(t, r, c) for r in rep.ours for t, c in r.cells.items() if t not in rep.ref.tasks]
+    out = ["# VTAB-1k report", "", f"Runs: `{rep.runs_dir}` ({rep.n_files} results.json files, "
+           f"{len(rep.errors)} unreadable). Protocols:", ""]
+    out += [f"- {note}" for note in PROTOCOL_NOTES] + [""]
+    out += _vtab_sections(rep) if rep.vtab_rows() else []
+    other = sorted(((t, r, c) for r in rep.ours for t, c in r.cells.items()
+                    if t not in rep.ref.tasks), key=lambda x: x[0])
     if other:
         out += ["## Other tasks (not among the 19 VTAB-1k tasks; no group means)", ""]
         out += _table(["task", "method", "row", "test top-1", "params (M)"],
-                      [[t, r.method, r.label, _cell_text(c), _fmt(c.params_M)]
-                       for t, r, c in sorted(other, key=lambda x: x[0])])
+                      [[t, r.method, r.label, _cell_text(c), _fmt(c.params_M, 3)]
+                       for t, r, c in other])
     if rep.errors:
         out += ["## Unreadable results files", ""]
         out += [f"- `{path}`: {why}" for path, why in rep.errors] + [""]
     out += [f"![accuracy vs params]({plot_file})" if plot_file
-            else "Plot skipped (matplotlib is not importable).", ""]
+            else "Plot skipped: matplotlib is not importable.", ""]
     return "\n".join(out)
 
 
 def write_csv(rep: Report, path: Path) -> None:
     """One line per method row: label, protocol, selection_split, params_M, tasks, means."""
     ref = rep.ref
-    header = ["label", "protocol", "selection_split", "params_M", *ref.tasks, *ref.groups, *AVERAGES]
     num = lambda x: "" if x is None else repr(round(x, 4))  # noqa: E731
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
+        writer.writerow(["label", "protocol", "selection_split", "params_M", *ref.tasks,
+                         *ref.groups, *AVERAGES])
         for r in rep.vtab_rows():
-            s = summarize(r.acc(), ref.groups)
+            acc = r.acc()
             writer.writerow([r.label, r.protocol, r.selection_split, num(r.params_M)]
-                            + [num(r.cells[t].mean if t in r.cells else None) for t in ref.tasks]
-                            + [num(s[k]) for k in (*ref.groups, *AVERAGES)])
+                            + [num(acc.get(t)) for t in ref.tasks]
+                            + [num(v) for v in summarize(acc, ref.groups).values()])
 
 
 def _panels(rep: Report) -> list[tuple[str, list[tuple[Row, float]]]]:
-    panels = [("mean of group means", [(r, s) for r in rep.ours + rep.published
-                                       if (s := summarize(r.acc(), rep.ref.groups)
-                                           ["mean_of_groups"]) is not None])]
+    rows = rep.ours + rep.published
+    means = [(r, summarize(r.acc(), rep.ref.groups)["mean_of_groups"]) for r in rows]
+    panels = [("mean of group means", [(r, m) for r, m in means if m is not None])]
     tasks = rep.ref.tasks + sorted({t for r in rep.ours for t in r.cells} - set(rep.ref.tasks))
-    for task in tasks:
-        if any(task in r.cells for r in rep.ours):
-            panels.append((task, [(r, r.cells[task].mean) for r in rep.ours + rep.published
-                                  if task in r.cells]))
-    return [(title, pts) for title, pts in panels if pts]
+    panels += [(t, [(r, r.cells[t].mean) for r in rows if t in r.cells])
+               for t in tasks if any(t in r.cells for r in rep.ours)]
+    return [(title, points) for title, points in panels if points]
 
 
 def plot(rep: Report, path: Path) -> bool:
-    """Accuracy vs trainable params (M), one panel per task plus the average; False if no matplotlib."""
+    """Top-1 vs trainable params (M): the average, then one panel per task; False if no matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -331,23 +313,22 @@ def plot(rep: Report, path: Path) -> bool:
         return False
     panels = _panels(rep)
     ncols = min(4, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(4 * ncols, 3.2 * nrows + 0.6 * len(rep.ours)), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = Figure(figsize=(4 * ncols, 3.2 * math.ceil(len(panels) / ncols) + 0.25 * len(rep.ours)),
+                 layout="constrained")
+    FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
+    axes = list(fig.subplots(math.ceil(len(panels) / ncols), ncols, squeeze=False).flat)
     colours = {r.label: f"C{i % 10}" for i, r in enumerate(rep.ours)}
-    for ax, (title, points) in zip(fig.subplots(nrows, ncols, squeeze=False).flat, panels):
-        for row, acc in points:
-            if row.params_M is None:
-                continue
-            if row.protocol == "published":
-                ax.scatter(row.params_M, acc, c="0.6", marker="s", s=18)
-                ax.annotate(row.method, (row.params_M, acc), fontsize=6, color="0.4")
+    for ax, (title, points) in zip(axes, panels):
+        for row, acc in ((row, acc) for row, acc in points if row.params_M is not None):
+            if row.label in colours:
+                ax.scatter(row.params_M, acc, c=colours[row.label], s=36, label=row.label)
             else:
-                ax.scatter(row.params_M, acc, c=colours[row.label], marker="o", s=36,
-                           label=row.label)
-        ax.set(title=title, xscale="symlog", xlabel="trainable params (M)", ylabel="top-1 (%)")
-        ax.xaxis.get_major_locator().set_params(linthresh=0.01)
-    for ax in list(fig.axes)[len(panels):]:
+                ax.scatter(row.params_M, acc, c="0.6", marker="s", s=18)
+                ax.annotate(row.method, (row.params_M, acc), xytext=(3, 2), fontsize=6,
+                            textcoords="offset points", color="0.4")
+        ax.set_xscale("symlog", linthresh=0.01)  # linear probing has 0 params
+        ax.set(title=title, xlabel="trainable params (M)", ylabel="top-1 (%)")
+    for ax in axes[len(panels):]:
         ax.set_visible(False)
     handles = {h.get_label(): h for ax in fig.axes for h in ax.get_legend_handles_labels()[0]}
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize=7)
@@ -355,7 +336,6 @@ def plot(rep: Report, path: Path) -> bool:
     return True
 
 
-# ---------------------------------------------------------------- CLI
 def get_args_parser() -> argparse.ArgumentParser:
     """Command-line arguments of ``python -m vtab.report``."""
     p = argparse.ArgumentParser(prog="python -m vtab.report", description=__doc__.split("\n")[0])
@@ -368,24 +348,24 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Build the report; exit code 2 (one-line error) when there is nothing to report."""
+    """Build and write the report; exit code 2 with a one-line error if there is nothing to report."""
     args = get_args_parser().parse_args(argv)
     try:
         rep = collect(args.runs_dir, args.methods, load_reference(args.reference))
-    except ReportError as e:
+    except (ReportError, ValueError) as e:  # ValueError: a non-numeric cell in the reference
         print(f"vtab.report: error: {e}", file=sys.stderr)
         return 2
     for path, why in rep.errors:
         print(f"vtab.report: warning: skipped {path}: {why}", file=sys.stderr)
-    out = args.out if args.out is not None else args.runs_dir
+    out = args.runs_dir if args.out is None else args.out
     out.mkdir(parents=True, exist_ok=True)
     plotted = plot(rep, out / PLOT_FILE)
     markdown = render_markdown(rep, PLOT_FILE if plotted else None)
     (out / "report.md").write_text(markdown)
     write_csv(rep, out / "report.csv")
     print(markdown)
-    print(f"wrote {out / 'report.md'}, {out / 'report.csv'}"
-          + (f", {out / PLOT_FILE}" if plotted else "; matplotlib not importable: skipped the plot"))
+    print(f"wrote {out / 'report.md'} and {out / 'report.csv'}, " + (
+        f"and {out / PLOT_FILE}" if plotted else "skipped the plot (matplotlib not importable)"))
     return 0
 
 

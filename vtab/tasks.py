@@ -9,7 +9,8 @@ orientation are binned into 16, and smallNORB elevation has 9 values.
 |-------------|-----------------------------------------------------------------------------|
 | natural     | cifar caltech101 dtd oxford_flowers102 oxford_iiit_pet svhn sun397          |
 | specialized | patch_camelyon eurosat resisc45 diabetic_retinopathy                         |
-| structured  | clevr_count clevr_dist dmlab kitti dsprites_loc dsprites_ori smallnorb_azi smallnorb_ele |
+| structured  | clevr_count clevr_dist dmlab kitti dsprites_loc dsprites_ori smallnorb_azi   |
+|             | smallnorb_ele                                                               |
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def _normalise(name: str) -> str:
 
 
 def resolve_task(name: "str | TaskInfo") -> TaskInfo:
-    """The TaskInfo of a task name or alias; unknown names raise DataError listing the known ones."""
+    """The TaskInfo of a task name or alias; DataError listing the known names otherwise."""
     if isinstance(name, TaskInfo):
         return name
     key = _normalise(str(name))

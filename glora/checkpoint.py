@@ -1,0 +1,91 @@
+"""Checkpoints and subnet files: plain types, atomic writes, clear refusals."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import timm
+import torch
+import yaml
+
+from glora.space import PRESETS, preset_subnet, validate_choice
+
+FORMAT_VERSION = 1
+# What must agree between a checkpoint and the flags that try to use it.
+COMPAT_KEYS = ("model", "model_kwargs", "rank", "protocol", "dataset", "mode")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or incompatible (one-line message)."""
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded in every checkpoint and result."""
+    return {"torch": torch.__version__, "timm": timm.__version__}
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint with ``weights_only=True``; a missing or corrupt file is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle error, ...: all mean "unreadable"
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a GLoRA checkpoint (no 'state_dict')")
+    return ckpt
+
+
+def check_compatible(ckpt: Mapping, expected: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose model, kwargs, rank, protocol or dataset differ from the flags."""
+    diffs = [f"{key}: checkpoint has {ckpt.get(key)!r}, flags give {expected[key]!r}"
+             for key in COMPAT_KEYS if key in expected and ckpt.get(key) != expected[key]]
+    if diffs:
+        raise CheckpointError(f"{path} does not match this run: " + "; ".join(diffs))
+
+
+def load_subnet(spec: str, layer_names: list[str], rank: int) -> list[dict]:
+    """A fixed subnet from a preset name or a ``subnet.yaml`` (layer name -> choice)."""
+    if spec in PRESETS:
+        return preset_subnet(spec, len(layer_names), rank)
+    path = Path(spec)
+    if not path.is_file():
+        raise CheckpointError(f"--subnet {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    try:
+        data = yaml.safe_load(path.read_text())
+        layers = data["layers"]
+        file_rank = int(data.get("rank", rank))
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
+        raise CheckpointError(f"{path} is not a subnet file (expected 'rank' and 'layers': name -> choice)") from None
+    if file_rank > rank:
+        raise CheckpointError(f"{path} was searched at rank {file_rank}, but this run has rank {rank}")
+    if list(layers) != layer_names:
+        raise CheckpointError(f"{path} names {len(layers)} layers that do not match the model's "
+                              f"{len(layer_names)} GLoRA layers ({layer_names[0]} …)")
+    try:
+        return [validate_choice(layers[name], rank) for name in layer_names]
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+
+
+def subnet_document(layer_names: list[str], subnet: list[dict], rank: int, params: int,
+                    **extra: Any) -> dict:
+    """The ``subnet.yaml`` content: rank, params, then layer name -> choice."""
+    return {"rank": rank, "params": params, **extra,
+            "layers": {name: dict(choice) for name, choice in zip(layer_names, subnet)}}

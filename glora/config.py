@@ -1,0 +1,106 @@
+"""Command-line configuration: argparse owns every key, type and default; YAML only overrides."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags both steps share (names fixed by DESIGN.md §4; defaults are the original code's)."""
+    parser.add_argument("--config", type=str, default=None, help="YAML file overriding these defaults")
+    parser.add_argument("--dataset", type=str, default="cifar", help="VTAB-1k task folder name")
+    parser.add_argument("--data-path", type=str, default="data/vtab-1k")
+    parser.add_argument("--model", type=str, default="vit_base_patch16_224_in21k", help="timm model name")
+    parser.add_argument("--model-kwargs", type=json.loads, default={},
+                        help='extra timm.create_model arguments as JSON, e.g. \'{"depth": 2}\'')
+    parser.add_argument("--pretrained", type=str, default="ViT-B_16.npz",
+                        help="backbone weights: .npz (Google layout), .pth/.pt/.safetensors, or none")
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--rank", type=int, default=4, help="LoRA rank of the supernet supports")
+    parser.add_argument("--protocol", type=str, default="val", choices=("val", "paper"),
+                        help="val: train800 / search val200; paper: train800val200 / search test")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--eval-batch-size", type=int, default=256)
+    parser.add_argument("--drop-path", type=float, default=0.1)
+    parser.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", type=str, default="auto", choices=("auto", "bf16", "fp32"),
+                        help="auto = bf16 autocast on CUDA, fp32 on CPU; fp32 = the original numerics")
+    parser.add_argument("--subnet", type=str, default=None,
+                        help="a fixed subnet: a preset (linear_probe, lora, bitfit, ssf, largest) or a subnet.yaml")
+    parser.add_argument("--resume", action="store_true", help="continue from the state in the output folder")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with precedence CLI > ``--config`` YAML > argparse defaults."""
+    pre, _ = parser.parse_known_args(argv)
+    if getattr(pre, "config", None):
+        parser.set_defaults(**load_yaml_overrides(parser, pre.config))
+    return parser.parse_args(argv)
+
+
+def load_yaml_overrides(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    """Read a YAML config; every key must be a parser destination, typed by its action."""
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"error: config file not found: {file}")
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SystemExit(f"error: {file} is not valid YAML: {err}".splitlines()[0]) from None
+    if not isinstance(raw, dict):
+        raise SystemExit(f"error: {file} must hold a mapping of option: value")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    overrides, unknown = {}, []
+    for key, value in raw.items():
+        dest = str(key).replace("-", "_")
+        if dest not in actions:
+            unknown.append(str(key))
+            continue
+        overrides[dest] = _typed(actions[dest], value, file, key)
+    if unknown:
+        valid = ", ".join(sorted(actions))
+        raise SystemExit(f"error: unknown key(s) in {file}: {', '.join(unknown)} (valid: {valid})")
+    return overrides
+
+
+def _typed(action: argparse.Action, value: Any, file: Path, key: str) -> Any:
+    # PyYAML reads 1e-4 as the string "1e-4": convert strings through the argument's own type.
+    if isinstance(value, str) and action.type is not None and action.type is not json.loads:
+        try:
+            value = action.type(value)
+        except (TypeError, ValueError):
+            raise SystemExit(f"error: {file}: {key}: {value!r} is not a valid {action.type.__name__}") from None
+    if action.choices is not None and value not in action.choices:
+        raise SystemExit(f"error: {file}: {key}: {value!r} is not one of {list(action.choices)}")
+    return value
+
+
+def config_dict(args: argparse.Namespace) -> dict[str, Any]:
+    """The resolved configuration as plain types (for YAML files and checkpoints)."""
+    return {k: _plain(v) for k, v in sorted(vars(args).items())}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def write_yaml(path: str | os.PathLike, data: Any) -> None:
+    """Write YAML atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)

@@ -1,0 +1,102 @@
+"""Training and evaluation loops: explicit arguments, no file I/O, dicts out."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from glora.inject import set_subnet
+from glora.layer import ChoiceSampler
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf."""
+
+    def __init__(self, epoch: int, step: int, value: float):
+        super().__init__(f"loss became {value} at epoch {epoch} (step {step})")
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                    device: torch.device, epoch: int, amp_dtype: torch.dtype | None = None,
+                    log_every: int = 10, progress: bool = True) -> dict[str, float]:
+    """One pass over ``loader`` with cross-entropy; stops on a non-finite loss.
+
+    The loss is accumulated on the device and read back only every ``log_every`` steps and at
+    the end, so the step loop has no other host synchronisation.
+    """
+    model.train()
+    total = torch.zeros((), device=device)
+    steps = 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
+    for x, y in bar:
+        with _autocast(device, amp_dtype):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach().float()
+        steps += 1
+        if steps % log_every == 0:
+            _check_finite(total, epoch, steps)
+            bar.set_postfix(loss=f"{total.item() / steps:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    bar.close()
+    _check_finite(total, epoch, steps)
+    return {"loss": total.item() / max(steps, 1), "lr": optimizer.param_groups[0]["lr"], "steps": steps}
+
+
+def _check_finite(total: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(total):
+        raise NonFiniteLossError(epoch, step, total.item())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
+             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Top-1 accuracy (%) and mean cross-entropy over a whole loader."""
+    model.eval()
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=device)
+    count = 0
+    for x, y in loader:
+        with _autocast(device, amp_dtype):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(dim=-1) == y).sum()
+        count += y.numel()
+    return {"acc1": 100.0 * correct.item() / max(count, 1), "loss": loss_sum.item() / max(count, 1),
+            "n": count}
+
+
+def evaluate_subnets(model: nn.Module, loader: Iterable, device: torch.device,
+                     subnets: Sequence[Sequence[dict]], sampler: ChoiceSampler | None,
+                     amp_dtype: torch.dtype | None = None) -> dict:
+    """Evaluate each fixed subnet, then put the model back in sampling mode with ``sampler``.
+
+    Fixed subnets make validation comparable across epochs (the original used random paths).
+    """
+    results = []
+    for subnet in subnets:
+        set_subnet(model, subnet)
+        results.append(evaluate(model, loader, device, amp_dtype))
+    if sampler is not None:
+        set_subnet(model, None, sampler=sampler)
+    accs = [r["acc1"] for r in results]
+    return {"acc1": sum(accs) / len(accs), "acc1_per_subnet": accs,
+            "loss": sum(r["loss"] for r in results) / len(results)}
+
+
+def no_grad_eval_fn(model: nn.Module, loader: Iterable, device: torch.device,
+                    amp_dtype: torch.dtype | None = None) -> Callable[[], float]:
+    """A zero-argument closure returning top-1 of the model's current state (for the search)."""
+    return lambda: evaluate(model, loader, device, amp_dtype)["acc1"]

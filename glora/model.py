@@ -1,0 +1,91 @@
+"""Building the timm ViT and loading backbone weights from local files (never downloads)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+WEIGHTS_HELP = ("download the original ImageNet-21k ViT-B/16 weights "
+                "(https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz) into the "
+                "repository root (see data/README.md), or pass --pretrained none")
+
+
+class WeightsError(RuntimeError):
+    """Backbone weights are missing or do not fit the model (one-line message)."""
+
+
+def build_model(name: str, num_classes: int, pretrained: str | None = None,
+                model_kwargs: dict[str, Any] | None = None, drop_path_rate: float = 0.1) -> nn.Module:
+    """A timm model with local backbone weights and a freshly initialised head.
+
+    ``pretrained`` is a ``.npz`` (Google layout, through timm's loader), ``.pth``/``.pt``/
+    ``.safetensors`` (a timm state dict), or ``None``/``"none"`` for random init.
+    """
+    kwargs = dict(model_kwargs or {})
+    kwargs.setdefault("drop_path_rate", drop_path_rate)
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    except RuntimeError as err:  # timm raises RuntimeError for unknown model names
+        raise WeightsError(f"cannot build timm model {name!r}: {err}") from None
+    if pretrained and str(pretrained).lower() != "none":
+        load_backbone(model, pretrained)
+    # As the original: a new head for the task, whatever the checkpoint held.
+    model.reset_classifier(num_classes)
+    return model
+
+
+def load_backbone(model: nn.Module, path: str | Path) -> None:
+    """Load backbone weights from a local file; the head is never taken from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"pretrained weights not found: {path}; {WEIGHTS_HELP}")
+    try:
+        if path.suffix == ".npz":
+            from timm.models.vision_transformer import _load_weights
+            _load_weights(model, str(path))
+            return
+        state = _read_state_dict(path)
+    except WeightsError:
+        raise
+    except Exception as err:  # corrupt files surface as many different exception types
+        raise WeightsError(f"cannot load pretrained weights from {path}: "
+                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("head.")]
+    if missing or unexpected:
+        raise WeightsError(f"{path} does not fit the model: missing {missing[:4]}, "
+                           f"unexpected {unexpected[:4]} (check --model and model_kwargs)")
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    if path.suffix in (".pth", ".pt", ".bin"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("model", "state_dict"):  # common wrappers
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+        return state
+    raise WeightsError(f"unsupported weights format {path.suffix!r} for {path} "
+                       "(expected .npz, .pth, .pt, .bin or .safetensors)")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; ``fp32`` (and the CPU) run without autocast."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None

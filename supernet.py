@@ -1,0 +1,210 @@
+"""Step 1 of GLoRA: train the supernet (or one fixed subnet) on a VTAB-1k task.
+
+    python supernet.py --dataset DATASET --lr LR --model 'vit_base_patch16_224_in21k' \
+        --save_path SAVE_DIR --rank LORA_RANK
+
+Writes SAVE_DIR/<dataset>.pt (glora_* + head tensors and everything needed to resume),
+SAVE_DIR/<dataset>_args.yaml (the resolved config) and SAVE_DIR/<dataset>_log.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from timm.scheduler import CosineLRScheduler
+
+import glora
+import vtab
+from glora.checkpoint import (CheckpointError, atomic_torch_save, check_compatible, load_checkpoint,
+                              load_subnet, versions)
+from glora.config import add_common_args, config_dict, parse_args, write_yaml
+from glora.engine import NonFiniteLossError, evaluate, evaluate_subnets, train_one_epoch
+from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
+from glora.space import sample_choice
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("GLoRA supernet training", add_help=True)
+    add_common_args(parser)
+    parser.add_argument("--save_path", type=str, default="runs/supernet", help="output folder")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=int, default=500)
+    parser.add_argument("--warmup-epochs", type=int, default=10)
+    parser.add_argument("--warmup-lr", type=float, default=1e-6)
+    parser.add_argument("--min-lr", type=float, default=1e-5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--eval-every", type=int, default=100, help="validate every N epochs (and at the end)")
+    parser.add_argument("--eval-subnets", type=int, default=3,
+                        help="number of fixed seeded subnets averaged at each supernet validation")
+    parser.add_argument("--full-finetune", action="store_true",
+                        help="baseline: no GLoRA, every backbone weight trains")
+    return parser
+
+
+class Run:
+    """Everything one training run owns; ``payload()`` is its checkpoint."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device):
+        self.args, self.device = args, device
+        self.task = vtab.resolve_task(args.dataset)
+        self.splits = vtab.PROTOCOLS[args.protocol]
+        self.mode = "full" if args.full_finetune else ("subnet" if args.subnet else "supernet")
+        self.model = build_model(args.model, self.task.num_classes, args.pretrained,
+                                 args.model_kwargs, args.drop_path)
+        self.layer_names: list[str] = []
+        self.sampler = self.subnet = None
+        if self.mode != "full":
+            self.layer_names = glora.inject_glora(self.model, args.rank)
+            glora.mark_trainable(self.model)
+        if self.mode == "subnet":
+            self.subnet = load_subnet(args.subnet, self.layer_names, args.rank)
+            glora.set_subnet(self.model, self.subnet)
+            glora.freeze_unused(self.model)
+        elif self.mode == "supernet":
+            self.sampler = glora.set_subnet(self.model, None, seed=args.seed)
+        self.model.to(device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=args.epochs, lr_min=args.min_lr,
+                                           warmup_t=args.warmup_epochs, warmup_lr_init=args.warmup_lr)
+        rng = random.Random(args.seed + 1)  # validation subnets: fixed for the whole run
+        self.eval_subnets = [[sample_choice(rng, args.rank) for _ in self.layer_names]
+                             for _ in range(args.eval_subnets)]
+        self.epoch = 0
+        out = Path(args.save_path)
+        self.ckpt_path = out / f"{self.task.name}.pt"
+        self.log_path = out / f"{self.task.name}_log.jsonl"
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        state = self.model.state_dict() if self.mode == "full" else glora.glora_state_dict(self.model)
+        return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+    def payload(self) -> dict:
+        a = self.args
+        return {"format_version": 1, "mode": self.mode, "state_dict": self.trained_state(),
+                "config": config_dict(a), "dataset": self.task.name, "protocol": a.protocol,
+                "splits": dict(self.splits), "rank": a.rank, "model": a.model,
+                "model_kwargs": dict(a.model_kwargs), "input_size": a.input_size,
+                "num_classes": self.task.num_classes, "layer_names": list(self.layer_names),
+                "subnet": self.subnet, "eval_subnets": self.eval_subnets, "epoch": self.epoch,
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "scheduler": dict(self.scheduler.state_dict()),
+                "sampler": self.sampler.state_dict() if self.sampler else None,
+                "torch_rng": torch.get_rng_state(), "versions": versions()}
+
+    def restore(self) -> None:
+        ckpt = load_checkpoint(self.ckpt_path)
+        a = self.args
+        check_compatible(ckpt, {"model": a.model, "model_kwargs": dict(a.model_kwargs), "rank": a.rank,
+                                "protocol": a.protocol, "dataset": self.task.name, "mode": self.mode},
+                         self.ckpt_path)
+        glora.load_trained_state(self.model, ckpt["state_dict"], full=self.mode == "full")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.sampler is not None:
+            self.sampler.load_state_dict(ckpt["sampler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.epoch = ckpt["epoch"]
+
+    def validate(self, loader) -> dict:
+        amp = autocast_dtype(self.args.precision, self.device)
+        if self.mode == "supernet":
+            return evaluate_subnets(self.model, loader, self.device, self.eval_subnets, self.sampler, amp)
+        return evaluate(self.model, loader, self.device, amp)
+
+
+def load_data(args: argparse.Namespace, run: Run, device: torch.device):
+    """The protocol's training split (shuffled, drop_last) and search split, decoded once."""
+    load = dict(input_size=args.input_size, progress=args.progress)
+    train = vtab.load_split(args.data_path, run.task.name, run.splits["train"], **load)
+    search = vtab.load_split(args.data_path, run.task.name, run.splits["search"], **load)
+    train_loader = vtab.Loader(train, args.batch_size, shuffle=True, drop_last=True, seed=args.seed, device=device)
+    val_loader = vtab.Loader(search, args.eval_batch_size, shuffle=False, drop_last=False, device=device,
+                             resident=len(search) <= 20000)
+    return train_loader, val_loader
+
+
+def fit(run: Run, train_loader, val_loader) -> None:
+    """The epoch loop: train, step the schedule, validate and checkpoint every ``eval_every``."""
+    args, device = run.args, run.device
+    amp = autocast_dtype(args.precision, device)
+    while run.epoch < args.epochs:
+        snapshot = run.payload()  # exact state at the start of this epoch, saved on Ctrl-C
+        try:
+            train_loader.set_epoch(run.epoch)
+            stats = train_one_epoch(run.model, train_loader, run.optimizer, device, run.epoch, amp,
+                                    progress=args.progress)
+            # As the original (FacT's loop): step with the finished epoch's index, so epoch e+1
+            # trains at the schedule's value for e.
+            run.scheduler.step(run.epoch)
+            run.epoch += 1
+            record = {"epoch": run.epoch, "train_loss": stats["loss"], "lr": stats["lr"]}
+            if run.epoch % args.eval_every == 0 or run.epoch == args.epochs:
+                val = run.validate(val_loader)
+                record.update({"split": run.splits["search"], **{f"val_{k}": v for k, v in val.items()}})
+                atomic_torch_save(run.payload(), run.ckpt_path)
+                print(f"epoch {run.epoch}: loss {stats['loss']:.4f}  {run.splits['search']} acc1 "
+                      f"{val['acc1']:.2f}  -> {run.ckpt_path}", flush=True)
+            append_jsonl(run.log_path, record)
+        except KeyboardInterrupt:
+            atomic_torch_save(snapshot, run.ckpt_path)
+            raise SystemExit(f"interrupted in epoch {snapshot['epoch'] + 1}; saved the state at its start "
+                             f"to {run.ckpt_path}; continue with --resume") from None
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def trim_log(path: Path, epoch: int) -> None:
+    """Drop log lines past a resumed checkpoint's epoch, so the log matches the resumed run."""
+    if path.is_file():
+        lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["epoch"] <= epoch]
+        path.write_text("".join(l + "\n" for l in lines))
+
+
+def main(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    run = Run(args, device)
+    train_loader, val_loader = load_data(args, run, device)
+    out = Path(args.save_path)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        run.restore()
+        trim_log(run.log_path, run.epoch)
+        print(f"resumed {run.ckpt_path} at epoch {run.epoch}")
+    elif run.log_path.exists():
+        run.log_path.unlink()  # a fresh run starts a fresh log
+    write_yaml(out / f"{run.task.name}_args.yaml", config_dict(args))
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    print(f"{run.mode} on {run.task.name} ({run.splits['train']}: {len(train_loader.split)} images), "
+          f"{len(run.layer_names)} GLoRA layers, {trainable:,} trainable tensors' elements, device {device}")
+    start = time.time()
+    try:
+        fit(run, train_loader, val_loader)
+    except NonFiniteLossError as err:
+        kept = f"kept the last good checkpoint {run.ckpt_path}" if run.ckpt_path.exists() else "no checkpoint was written"
+        raise SystemExit(f"error: {err}; stopped, {kept}") from None
+    print(f"done: {args.epochs} epochs in {time.time() - start:.1f}s -> {run.ckpt_path}")
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Parse, run, and turn the expected failures into one-line errors."""
+    args = parse_args(get_args_parser(), argv)
+    try:
+        main(args)
+    except (vtab.DataError, WeightsError, CheckpointError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

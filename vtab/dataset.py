@@ -1,0 +1,314 @@
+"""VTAB-1k splits in the NOAH layout: list files, a decode-once uint8 cache, device-side loaders.
+
+Layout: ``<data_path>/<task>/{train800,val200,train800val200,test}.txt``, one sample per line,
+``relative/path label`` with the path relative to the task folder.
+
+The original pipeline (NOAH/FacT/GLoRA) decodes every image every epoch: PIL open, RGB, bicubic
+resize to 224x224, ToTensor, ImageNet Normalize, no augmentation. Because nothing is random, the
+resized uint8 image is the same every epoch, so we decode it once, cache it on disk, hold it in
+memory (on the GPU when training there) and normalise on the device:
+``(x.float() / 255 - mean) / std`` is the same float32 arithmetic as ToTensor + Normalize.
+
+Cache: ``<task folder>/.cache/<split>_<size>_<interp>_<key16>.pt`` by default (inside the task
+folder, so a data tree stays self-contained and deleting a task deletes its cache); pass
+``cache_dir`` for a read-only data tree. The key is the sha256 of the list file's bytes, the input
+size and the interpolation: editing a list invalidates it, but replacing image files under an
+unchanged list does not, so delete ``.cache`` after doing that.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from tqdm import tqdm
+
+from .tasks import DataError, TaskInfo, resolve_task
+
+PROTOCOLS = {
+    "val": {"train": "train800", "search": "val200", "test": "test"},
+    "paper": {"train": "train800val200", "search": "test", "test": "test"},
+}
+SPLITS = ("train800", "val200", "train800val200", "test")
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
+}
+README_HINT = "see data/README.md for how to get VTAB-1k"
+_CACHE_VERSION = 1
+# Exceptions Pillow raises on missing, truncated or corrupt files (SyntaxError: some plugins).
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+@dataclass
+class Split:
+    """A decoded split: uint8 images (N, 3, H, W) and int64 labels (N,), both on the CPU."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    task: str
+    split: str
+    paths: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One parsed line of a list file."""
+
+    path: str
+    label: int
+    line: int
+
+
+def task_dir(data_path: "str | os.PathLike", task: "str | TaskInfo") -> Path:
+    """The folder of a task under ``data_path``; DataError if it does not exist."""
+    info = resolve_task(task)
+    folder = Path(data_path) / info.name
+    if not folder.is_dir():
+        raise DataError(f"task folder {folder} not found; {README_HINT}")
+    return folder
+
+
+def list_file(data_path: "str | os.PathLike", task: "str | TaskInfo", split: str) -> Path:
+    """The list file of one split; DataError if the split name or the file is wrong."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    path = task_dir(data_path, task) / f"{split}.txt"
+    if not path.is_file():
+        raise DataError(f"list file {path} not found; {README_HINT}")
+    return path
+
+
+def parse_list(text: str, source: "str | os.PathLike", num_classes: int) -> list[Entry]:
+    """Parse ``path label`` lines; DataError naming ``source`` and the line on any bad line."""
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue  # blank lines (typically trailing) carry no sample
+        # Split on the last whitespace so that a path containing spaces still parses.
+        parts = line.strip().rsplit(None, 1)
+        if len(parts) != 2 or not _INTEGER.fullmatch(parts[1]):
+            raise DataError(f"{source}:{number}: expected 'relative/path label', "
+                            f"got {line.strip()!r}")
+        label = int(parts[1])
+        if not 0 <= label < num_classes:
+            raise DataError(f"{source}:{number}: label {label} outside [0, {num_classes})")
+        entries.append(Entry(parts[0], label, number))
+    if not entries:
+        raise DataError(f"{source}: no samples listed")
+    return entries
+
+
+def read_list(data_path: "str | os.PathLike", task: "str | TaskInfo", split: str) -> list[Entry]:
+    """The checked entries of one split's list file."""
+    path = list_file(data_path, task, split)
+    return parse_list(path.read_text(encoding="utf-8"), path, resolve_task(task).num_classes)
+
+
+def _resample(interpolation: str) -> Image.Resampling:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r} not in {', '.join(INTERPOLATIONS)}")
+    return INTERPOLATIONS[interpolation]
+
+
+def open_rgb(path: "str | os.PathLike") -> Image.Image:
+    """Open an image fully decoded in RGB (the original loader); DataError naming a bad file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")  # convert() forces the full decode inside the try
+    except _IMAGE_ERRORS as error:
+        raise DataError(f"cannot read image {path}: {error}") from None
+
+
+def decode_image(path: "str | os.PathLike", input_size: int = 224,
+                 interpolation: str = "bicubic") -> torch.Tensor:
+    """One image as the cache stores it: RGB, resized to a square, uint8 (3, H, W)."""
+    image = open_rgb(path).resize((input_size, input_size), _resample(interpolation))
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+@lru_cache(maxsize=8)
+def _reference_transform(input_size: int, interpolation: str):
+    from torchvision import transforms  # the original code's transform stack
+
+    mode = transforms.InterpolationMode(interpolation)
+    return transforms.Compose([
+        transforms.Resize((input_size, input_size), interpolation=mode),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+    ])
+
+
+def pil_pipeline(path: "str | os.PathLike", input_size: int = 224,
+                 interpolation: str = "bicubic") -> torch.Tensor:
+    """The original per-epoch pipeline for one image: float32 (3, H, W), normalised."""
+    _resample(interpolation)
+    return _reference_transform(input_size, interpolation)(open_rgb(path))
+
+
+def _decode_all(folder: Path, entries: Sequence[Entry], source: Path, input_size: int,
+                interpolation: str, progress: bool, workers: int) -> torch.Tensor:
+    images = torch.empty((len(entries), 3, input_size, input_size), dtype=torch.uint8)
+
+    def work(i: int) -> None:
+        try:
+            images[i] = decode_image(folder / entries[i].path, input_size, interpolation)
+        except DataError as error:
+            raise DataError(f"{error} (listed at {source}:{entries[i].line})") from None
+
+    # Pillow releases the GIL while decoding and resizing, so threads scale across cores.
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        done = pool.map(work, range(len(entries)))
+        for _ in tqdm(done, total=len(entries), desc=f"decode {folder.name}/{source.stem}",
+                      disable=not progress, unit="img"):
+            pass
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on an error, skip the queued images
+    return images
+
+
+def _cache_key(list_bytes: bytes, input_size: int, interpolation: str) -> str:
+    header = f"vtab-cache-v{_CACHE_VERSION}|{input_size}|{interpolation}|".encode()
+    return hashlib.sha256(header + list_bytes).hexdigest()
+
+
+def _read_cache(path: Path, key: str, count: int) -> "torch.Tensor | None":
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a half-copied or foreign file: rebuild rather than fail
+        warnings.warn(f"ignoring unreadable cache {path}: {error}")
+        return None
+    if not isinstance(blob, dict) or blob.get("key") != key or blob["images"].shape[0] != count:
+        return None
+    return blob["images"]
+
+
+def _write_cache(path: Path, key: str, images: torch.Tensor) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Temporary file in the same folder, then os.replace: readers never see a partial file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save({"key": key, "version": _CACHE_VERSION, "images": images}, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    except (OSError, RuntimeError) as error:  # e.g. a read-only tree or a full disk: not cached
+        warnings.warn(f"could not write cache {path}: {error}; pass cache_dir= to cache elsewhere")
+        return
+    # The same split at the same size/interpolation under an older list is now stale.
+    prefix = path.name.rsplit("_", 1)[0] + "_"
+    for old in path.parent.glob(f"{prefix}*.pt"):
+        if old != path:
+            old.unlink(missing_ok=True)
+
+
+def load_split(data_path: "str | os.PathLike", task: "str | TaskInfo", split: str,
+               input_size: int = 224, interpolation: str = "bicubic",
+               cache_dir: "str | os.PathLike | None" = None, progress: bool = True,
+               workers: "int | None" = None) -> Split:
+    """Load one split decoded once: from the uint8 cache if valid, else decode, cache, return."""
+    info = resolve_task(task)
+    _resample(interpolation)
+    source = list_file(data_path, info, split)
+    list_bytes = source.read_bytes()
+    entries = parse_list(list_bytes.decode("utf-8"), source, info.num_classes)
+    key = _cache_key(list_bytes, input_size, interpolation)
+    folder = source.parent
+    cache_root = folder / ".cache" if cache_dir is None else Path(cache_dir) / info.name
+    cache_file = cache_root / f"{split}_{input_size}_{interpolation}_{key[:16]}.pt"
+    images = _read_cache(cache_file, key, len(entries))
+    if images is None:
+        workers = workers or min(8, os.cpu_count() or 1)
+        images = _decode_all(folder, entries, source, input_size, interpolation, progress, workers)
+        _write_cache(cache_file, key, images)
+    labels = torch.tensor([e.label for e in entries], dtype=torch.int64)
+    return Split(images, labels, info.name, split, tuple(e.path for e in entries))
+
+
+class Loader:
+    """Batches of a Split, normalised in float32 on ``device``; the order is f(seed, epoch).
+
+    Call ``set_epoch(e)`` before each epoch (as with DistributedSampler): the shuffle order is
+    ``randperm`` from a generator seeded with ``seed * 100003 + epoch``, so a resumed run replays
+    the same batches. ``resident=True`` copies the whole uint8 split to the device once (a VTAB-1k
+    train split at 224 is 150 MB); ``resident=False`` keeps it on the CPU and copies each batch,
+    for large test splits.
+    """
+
+    def __init__(self, split: Split, batch_size: int, *, shuffle: bool, drop_last: bool,
+                 seed: int = 0, device: "str | torch.device" = "cpu",
+                 mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                 std: Sequence[float] = IMAGENET_DEFAULT_STD, resident: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.split, self.batch_size = split, batch_size
+        self.shuffle, self.drop_last, self.seed, self.epoch = shuffle, drop_last, seed, 0
+        self.device, self.resident = torch.device(device), resident
+        self._cuda = self.device.type == "cuda"  # pinned memory / async copies only help there
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        if resident:
+            self._images = split.images.to(self.device)
+            self._labels = split.labels.to(self.device)
+        else:
+            self._images, self._labels = split.images, split.labels
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shuffle order the next iteration uses."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n, b = len(self.split), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def batch_indices(self) -> list[torch.Tensor]:
+        """The sample indices of each batch of the current epoch (CPU int64 tensors)."""
+        n = len(self.split)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        return list(order[: len(self) * self.batch_size].split(self.batch_size))
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) on the device -> float32 (x / 255 - mean) / std."""
+        return images.float().div_(255).sub_(self._mean).div_(self._std)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self.batch_indices()
+        if self.resident:
+            # One host->device copy of the epoch's order; the per-step gathers stay on the device.
+            if not batches:
+                return
+            for idx in torch.cat(batches).to(self.device).split(self.batch_size):
+                yield self.normalise(self._images[idx]), self._labels[idx]
+            return
+        for idx in batches:
+            x, y = self._images[idx], self._labels[idx]
+            if self._cuda:
+                x, y = x.pin_memory(), y.pin_memory()
+            x = x.to(self.device, non_blocking=self._cuda)
+            yield self.normalise(x), y.to(self.device, non_blocking=self._cuda)

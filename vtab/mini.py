@@ -1,0 +1,154 @@
+"""Mini-VTAB: four small offline tasks in the NOAH layout, so the whole pipeline runs on a CPU.
+
+    python -m vtab.mini build [--data-path data/vtab-1k] [--force] [--no-backbone]
+    python -m vtab.mini probe [--data-path data/vtab-1k] [--backbone data/tiny_vit]
+
+`build` writes ``<data_path>/<task>/images/*.jpg`` (32x32 RGB, JPEG quality 95) and the list
+files train800.txt, val200.txt, train800val200.txt (= train800 then val200) and test.txt with
+lines ``images/00000.jpg 3``, then pretrains the tiny backbone (`vtab.pretrain`) if it is
+missing. Everything is a pure function of the fixed seeds below: building twice gives
+byte-identical files. A task whose four list files exist is skipped unless ``force``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from . import mini_gen
+
+MINI_TASKS = tuple(mini_gen.NUM_CLASSES)
+LIST_FILES = ("train800", "val200", "train800val200", "test")
+SPLIT_SIZES = (800, 200, 1000)  # train800, val200, test (mini_digits: test = the 797 left)
+SEEDS = {"mini_digits": 1001, "mini_count": 1002, "mini_loc": 1003, "mini_ori": 1004}
+JPEG_QUALITY = 95
+DEFAULT_DATA_PATH = "data/vtab-1k"
+DEFAULT_BACKBONE_DIR = "data/tiny_vit"
+
+Splits = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def task_splits(task: str, sizes: Sequence[int] = SPLIT_SIZES, seed: int | None = None,
+                progress: bool = False) -> Splits:
+    """Images uint8 (N, 32, 32, 3) and labels of a task's train800 / val200 / test splits."""
+    if task not in MINI_TASKS:
+        raise ValueError(f"unknown mini task {task!r}; expected one of {', '.join(MINI_TASKS)}")
+    seed = SEEDS[task] if seed is None else seed
+    n_train, n_val, n_test = sizes
+    if task == "mini_digits":
+        full = tuple(sizes) == SPLIT_SIZES  # the real build keeps every remaining digit as test
+        return mini_gen.digits(seed, n_train, n_val, None if full else n_test)
+    bar = tqdm(total=n_train + n_val + n_test, desc=task, unit="img", disable=not progress)
+    with bar:
+        # One RNG stream per split ([seed, index]): changing one split size leaves the others.
+        return {name: mini_gen.generate(task, n, [seed, index], bar.update)
+                for index, (name, n) in enumerate(zip(("train800", "val200", "test"), sizes))}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)  # a list file exists only when complete: the 'built' marker
+
+
+def write_noah(folder: "str | os.PathLike", splits: Splits, quality: int = JPEG_QUALITY,
+               progress: bool = False) -> None:
+    """Write images/ and the four list files of one task folder from in-memory splits."""
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines: dict[str, list[str]] = {}
+    index = 0
+    total = sum(len(labels) for _, labels in splits.values())
+    with tqdm(total=total, desc=f"write {folder.name}", unit="img", disable=not progress) as bar:
+        for name in ("train800", "val200", "test"):
+            images, labels = splits[name]
+            lines[name] = []
+            for image, label in zip(images, labels):
+                rel = f"images/{index:05d}.jpg"
+                # 4:4:4 chroma: default 4:2:0 subsampling would smear colours at 32x32.
+                Image.fromarray(image).save(folder / rel, quality=quality, subsampling=0)
+                lines[name].append(f"{rel} {int(label)}\n")
+                index += 1
+                bar.update(1)
+    lines["train800val200"] = lines["train800"] + lines["val200"]
+    for name in LIST_FILES:
+        _atomic_write_text(folder / f"{name}.txt", "".join(lines[name]))
+
+
+def is_built(folder: "str | os.PathLike") -> bool:
+    """True when all four list files of a task folder exist (they are written last)."""
+    return all((Path(folder) / f"{name}.txt").is_file() for name in LIST_FILES)
+
+
+def build(data_path: "str | os.PathLike" = DEFAULT_DATA_PATH,
+          tasks: Sequence[str] = MINI_TASKS, force: bool = False,
+          sizes: Sequence[int] = SPLIT_SIZES, progress: bool = True) -> list[str]:
+    """Build the mini tasks under `data_path`; returns the names actually (re)built."""
+    built = []
+    for task in tasks:
+        folder = Path(data_path) / task
+        if is_built(folder) and not force:
+            if progress:
+                print(f"{task}: already built in {folder} (use --force to rebuild)")
+            continue
+        if folder.exists():
+            shutil.rmtree(folder)  # no stale images or decode cache from an older build
+        write_noah(folder, task_splits(task, sizes, progress=progress), progress=progress)
+        built.append(task)
+    return built
+
+
+def ensure_backbone(out_dir: "str | os.PathLike" = DEFAULT_BACKBONE_DIR,
+                    progress: bool = True) -> Path:
+    """Pretrain the tiny backbone into `out_dir` unless its safetensors file already exists."""
+    from . import pretrain  # imported lazily: `build --no-backbone` needs no model code
+
+    path = Path(out_dir) / pretrain.WEIGHTS_FILE
+    if path.is_file():
+        if progress:
+            print(f"backbone: {path} exists")
+        return path
+    return pretrain.pretrain(out_dir, progress=progress)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """CLI: `build` and `probe` subcommands."""
+    parser = argparse.ArgumentParser("python -m vtab.mini", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="write the mini-VTAB tasks (and the backbone if absent)")
+    b.add_argument("--data-path", type=str, default=DEFAULT_DATA_PATH)
+    b.add_argument("--tasks", type=str, nargs="+", default=list(MINI_TASKS), choices=MINI_TASKS)
+    b.add_argument("--force", action="store_true", help="rebuild tasks that already exist")
+    b.add_argument("--no-backbone", action="store_true", help="do not pretrain the backbone")
+    b.add_argument("--backbone", type=str, default=DEFAULT_BACKBONE_DIR,
+                   help="folder of backbone.safetensors")
+    p = sub.add_parser("probe", help="linear-probe accuracy: pretrained vs random backbone")
+    p.add_argument("--data-path", type=str, default=DEFAULT_DATA_PATH)
+    p.add_argument("--tasks", type=str, nargs="+", default=list(MINI_TASKS), choices=MINI_TASKS)
+    p.add_argument("--backbone", type=str, default=DEFAULT_BACKBONE_DIR,
+                   help="folder of backbone.safetensors + backbone.json")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random-init control")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    """Run the selected subcommand."""
+    if args.command == "build":
+        build(args.data_path, args.tasks, force=args.force)
+        if not args.no_backbone:
+            ensure_backbone(args.backbone)
+    else:
+        from . import mini_probe
+
+        rows = mini_probe.probe(args.data_path, args.backbone, args.tasks, seed=args.seed)
+        print(mini_probe.markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
