@@ -139,7 +139,7 @@ def fit(run: Run, train_loader, val_loader) -> None:
         snapshot = run.payload()  # exact state at the start of this epoch, saved on Ctrl-C
         try:
             train_loader.set_epoch(run.epoch)
-            stats = train_one_epoch(run.model, train_loader, run.optimizer, device, run.epoch, amp,
+            stats = train_one_epoch(run.model, train_loader, run.optimizer, device, run.epoch + 1, amp,
                                     progress=args.progress)
             # As the original (FacT's loop): step with the finished epoch's index, so epoch e+1
             # trains at the schedule's value for e.

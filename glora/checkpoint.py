@@ -22,7 +22,7 @@ class CheckpointError(RuntimeError):
 
 def versions() -> dict[str, str]:
     """Library versions recorded in every checkpoint and result."""
-    return {"torch": torch.__version__, "timm": timm.__version__}
+    return {"torch": str(torch.__version__), "timm": str(timm.__version__)}
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -75,8 +75,8 @@ def load_subnet(spec: str, layer_names: list[str], rank: int) -> list[dict]:
         raise CheckpointError(f"{path} is not a subnet file (expected 'rank' and 'layers': name -> choice)") from None
     if file_rank > rank:
         raise CheckpointError(f"{path} was searched at rank {file_rank}, but this run has rank {rank}")
-    if list(layers) != layer_names:
-        raise CheckpointError(f"{path} names {len(layers)} layers that do not match the model's "
+    if not isinstance(layers, dict) or set(layers) != set(layer_names):
+        raise CheckpointError(f"{path} names layers that do not match the model's "
                               f"{len(layer_names)} GLoRA layers ({layer_names[0]} …)")
     try:
         return [validate_choice(layers[name], rank) for name in layer_names]

@@ -32,6 +32,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     log_every: int = 10, progress: bool = True) -> dict[str, float]:
     """One pass over ``loader`` with cross-entropy; stops on a non-finite loss.
 
+    ``epoch`` is the 1-based number shown in the progress bar and in errors.
+
     The loss is accumulated on the device and read back only every ``log_every`` steps and at
     the end, so the step loop has no other host synchronisation.
     """

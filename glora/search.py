@@ -1,36 +1,30 @@
-"""Evolutionary search over GLoRA subnets (step 2): candidates in, candidates out.
+"""Evolutionary search over GLoRA subnets (step 2). Pure: candidates in, candidates out.
 
-Pure: no model, no data, no torch. Randomness comes only from a seeded ``random.Random``; fitness
-comes from ``evaluate_fn(subnet) -> float`` (top-1 %, higher is better). A subnet is a list of
-per-layer choice dicts (``glora.space``); its cost is ``space.subnet_params``; the budget is
-``min_params <= params <= max_params``.
+No model, data or torch: randomness comes from a seeded ``random.Random``, fitness from
+``evaluate_fn(subnet) -> float`` (top-1 %, higher is better). A subnet is a list of per-layer choice
+dicts (``glora.space``); its cost is ``space.subnet_params``; the budget is min <= params <= max.
 
-Mirrors the original (AutoFormer's evolution as used by GLoRA): an initial random population within
-the budget; per generation the all-time top-k parents, ``mutation_num`` mutants (each layer's whole
-choice is one gene, re-drawn uniformly with probability ``m_prob``), ``crossover_num`` uniform
-crossovers (each layer from either parent), then random refills up to ``population_num``. A child
-that repeats a visited subnet, or leaves the budget, is skipped; attempts are bounded at 10x the
-wanted count, as the original bounds mutation and crossover.
+As the original (AutoFormer's evolution in GLoRA): a random population within the budget; then per
+generation ``mutation_num`` mutants of random all-time top-k parents (a gene is one layer's whole
+choice, re-drawn uniformly with probability ``m_prob``), ``crossover_num`` uniform crossovers (each
+layer from either parent) and random refills up to ``population_num``. A child outside the budget
+or already visited is skipped, at most 10x the wanted count of attempts, as the original.
+Fixed: (1) the last generation's children were evaluated but never ranked; here generations
+0..max_epochs are all evaluated and ranked (the original's evaluations, none wasted). (2) Refills
+were unbounded rejection sampling, endless for small budgets; ``random_candidate`` repairs or
+constructs, reaching any feasible budget, and ``BudgetError`` reports an infeasible one at once.
+(3) Resume never loaded; here a run resumed from ``state_dict()`` (plain JSON) repeats an
+uninterrupted one call for call. (4) Crossover parents are distinct.
 
-Fixed here: (1) the last generation's children were evaluated but the loop ended before they
-entered the top-k; here generation 0 (random) and generations 1..max_epochs (bred) are all evaluated
-and ranked, the same evaluations as the original. (2) Random refills were plain rejection sampling
-with no bound, which never ends for small budgets; ``random_candidate`` tries a few uniform draws,
-then repairs the last one, then constructs one exactly, so it reaches any feasible budget, and an
-infeasible budget raises ``BudgetError`` at once. (3) Search resume never loaded; here
-``state_dict()`` is plain JSON and a resumed run repeats an uninterrupted one call for call.
-(4) Crossover parents are two distinct top-k members (the original could cross a parent with itself).
+State dict, exported after every generation::
 
-State dict (JSON-serialisable, exported after every generation)::
-
-    {"format": "glora-search/1",
+    {"format": "glora-search/1", "generation": next generation to evaluate (= generations done),
      "config": {"shapes": [[in, out], ...], "rank", "population_num", "select_num", "mutation_num",
                 "m_prob", "crossover_num", "max_epochs", "min_params", "max_params", "seed",
                 "plain_tries"},
-     "generation": next generation to evaluate (= generations done),
-     "candidates": [keys of the last evaluated generation], "top_k": [keys, best first],
-     "evaluated": [{"key", "params", "fitness", "generation"}, ...]  (evaluation order = memo),
-     "stats": {counter: int}, "rng_state": [version, [625 ints], gauss_next]}
+     "candidates": [keys of the last generation], "top_k": [keys, best first],
+     "evaluated": [{"key", "params", "fitness", "generation"}, ...]  (evaluation order; the memo),
+     "stats": {name: count}, "rng_state": [version, [625 ints], gauss_next]}
 """
 from __future__ import annotations
 
@@ -45,9 +39,9 @@ from glora.space import (SUPPORTS, all_choices, option_params, sample_choice, se
 
 Subnet = list  # list of per-layer choice dicts, in injection order
 STATE_FORMAT = "glora-search/1"
-PLAIN_TRIES = 10  # uniform draws before repairing: keeps the original's distribution for loose budgets
-STAT_KEYS = ("plain_draws", "plain_accepted", "repaired", "constructed", "mutation_tries", "mutations",
-             "crossover_tries", "crossovers", "random_tries", "randoms", "duplicates")
+PLAIN_TRIES = 10  # uniform draws before repair: the original's distribution for loose budgets
+STAT_KEYS = ("plain_draws", "plain_accepted", "repaired", "constructed", "mutation_tries",
+             "mutations", "crossover_tries", "crossovers", "random_tries", "randoms", "duplicates")
 
 
 class BudgetError(ValueError):
@@ -60,7 +54,7 @@ def _shapes(shapes: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
 
 @functools.lru_cache(maxsize=16)
 def _costs(rank: int, shapes: tuple) -> tuple[dict[str, dict[str, int]], ...]:
-    # Per layer: support -> option -> params, from space.option_params (one counting rule). Read-only.
+    # Per layer: support -> option -> params via space.option_params (one counting rule). Read-only.
     search_space(rank)  # validates rank
     return tuple({s: {o: option_params(s, o, i, out, rank) for o in support_options(s, rank)}
                   for s in SUPPORTS} for i, out in shapes)
@@ -71,7 +65,7 @@ def _total(subnet: Sequence[Mapping[str, str]], costs) -> int:
 
 
 def feasible_range(rank: int, shapes: Sequence[Sequence[int]]) -> tuple[int, int]:
-    """(fewest, most) params a subnet can hold: every support 'none', every support at its largest."""
+    """(fewest, most) params of any subnet: all supports 'none'; all at their largest option."""
     costs = _costs(rank, _shapes(shapes))
     return (sum(min(o.values()) for layer in costs for o in layer.values()),
             sum(max(o.values()) for layer in costs for o in layer.values()))
@@ -179,7 +173,7 @@ def _construct(rng: random.Random, rank: int, shapes: tuple, lo: int, hi: int,
 def random_candidate(rng: random.Random, rank: int, shapes: Sequence[Sequence[int]],
                      min_params: float, max_params: float, *, plain_tries: int = PLAIN_TRIES,
                      stats: dict | None = None) -> Subnet:
-    """A random subnet within the budget: uniform draws, else the last one repaired, else built exactly."""
+    """A random subnet within the budget: uniform draws, else the last one repaired, else built."""
     shapes = _shapes(shapes)
     lo, hi = check_budget(rank, shapes, min_params, max_params)
     costs, stats = _costs(rank, shapes), stats if stats is not None else {}
@@ -205,8 +199,9 @@ def mutate(rng: random.Random, parent: Sequence[Mapping[str, str]], rank: int, m
     return child if min_params <= subnet_params(child, shapes) <= max_params else None
 
 
-def crossover(rng: random.Random, p1: Sequence[Mapping[str, str]], p2: Sequence[Mapping[str, str]],
-              shapes: Sequence[Sequence[int]], min_params: float, max_params: float) -> Subnet | None:
+def crossover(rng: random.Random, p1: Sequence[Mapping[str, str]],
+              p2: Sequence[Mapping[str, str]], shapes: Sequence[Sequence[int]],
+              min_params: float, max_params: float) -> Subnet | None:
     """Uniform crossover: each layer's choice from either parent; None when out of budget."""
     if len(p1) != len(p2):
         raise ValueError(f"parents have {len(p1)} and {len(p2)} layers")
@@ -226,7 +221,7 @@ def subnet_from_key(key: str) -> Subnet:
 
 @dataclass
 class SearchResult:
-    """Best subnet found, and the all-time top-k (best first) as dicts with the subnet and its record."""
+    """The best subnet, and the all-time top-k (best first): records with a "subnet" added."""
     subnet: Subnet
     fitness: float
     params: int
@@ -237,15 +232,16 @@ class SearchResult:
 
 
 class EvolutionSearch:
-    """Resumable evolutionary search; see the module docstring for the algorithm and state format."""
+    """Resumable evolutionary search; the module docstring gives the algorithm and state format."""
 
     def __init__(self, evaluate_fn: Callable[[Subnet], float], shapes: Sequence[Sequence[int]],
-                 rank: int, *, population_num: int = 50, select_num: int = 10, mutation_num: int = 25,
-                 m_prob: float = 0.2, crossover_num: int = 25, max_epochs: int = 20,
-                 max_params: float, min_params: float = 0, seed: int = 1,
+                 rank: int, *, population_num: int = 50, select_num: int = 10,
+                 mutation_num: int = 25, m_prob: float = 0.2, crossover_num: int = 25,
+                 max_epochs: int = 20, max_params: float, min_params: float = 0, seed: int = 1,
                  plain_tries: int = PLAIN_TRIES):
-        counts = dict(population_num=population_num, select_num=select_num, mutation_num=mutation_num,
-                      crossover_num=crossover_num, max_epochs=max_epochs, plain_tries=plain_tries)
+        counts = dict(population_num=population_num, select_num=select_num,
+                      mutation_num=mutation_num, crossover_num=crossover_num,
+                      max_epochs=max_epochs, plain_tries=plain_tries)
         bad = [f"{k}={v!r}" for k, v in counts.items() if not isinstance(v, int) or v < 0]
         bad += [f"{k}=0" for k in ("population_num", "select_num") if counts[k] == 0]
         bad += [] if 0 <= m_prob <= 1 else [f"m_prob={m_prob!r} (needs 0..1)"]
@@ -258,11 +254,11 @@ class EvolutionSearch:
         self._shapes = _shapes(shapes)
         self._lo, self._hi = check_budget(rank, self._shapes, min_params, max_params)
         self.rng = random.Random(seed)
-        self.generation = 0            # next generation to evaluate; 0 is the random population
+        self.generation = 0  # next generation to evaluate; 0 is the random population
         self.candidates: list[str] = []  # keys of the last evaluated generation
-        self.top_k: list[str] = []       # all-time best keys, best first
-        self.records: list[dict] = []    # every evaluation in order: key, params, fitness, generation
-        self.memo: dict[str, int] = {}   # key -> index into records; a visited key is never re-evaluated
+        self.top_k: list[str] = []  # all-time best keys, best first
+        self.records: list[dict] = []  # every evaluation: key, params, fitness, generation
+        self.memo: dict[str, int] = {}  # key -> index in records; visited keys are never re-run
         self.stats = dict.fromkeys(STAT_KEYS, 0)
 
     def run(self, on_generation: Callable[[dict, dict], None] | None = None) -> SearchResult:
@@ -318,8 +314,8 @@ class EvolutionSearch:
         for _ in range(10 * cfg["mutation_num"]):
             if len(pending) >= cfg["mutation_num"]:
                 break
-            child = mutate(rng, rng.choice(parents), cfg["rank"], cfg["m_prob"], self._shapes, lo, hi)
-            self._offer(pending, child, "mutation")
+            self._offer(pending, mutate(rng, rng.choice(parents), cfg["rank"], cfg["m_prob"],
+                                        self._shapes, lo, hi), "mutation")
         wanted = len(pending) + cfg["crossover_num"]
         for _ in range(10 * cfg["crossover_num"] if len(parents) > 1 else 0):
             if len(pending) >= wanted:
@@ -351,15 +347,16 @@ class EvolutionSearch:
     def state_dict(self) -> dict:
         """The whole search state as plain JSON-serialisable values."""
         version, internal, gauss = self.rng.getstate()
-        return {"format": STATE_FORMAT, "config": dict(self.config, shapes=[list(s) for s in self._shapes]),
-                "generation": self.generation, "candidates": list(self.candidates),
-                "top_k": list(self.top_k), "evaluated": [dict(r) for r in self.records],
+        return {"format": STATE_FORMAT, "generation": self.generation,
+                "config": dict(self.config, shapes=[list(s) for s in self._shapes]),
+                "candidates": list(self.candidates), "top_k": list(self.top_k),
+                "evaluated": [dict(r) for r in self.records],
                 "stats": dict(self.stats), "rng_state": [version, list(internal), gauss]}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore a state; settings must match except max_epochs (which may extend a search)."""
         if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a search state of format {STATE_FORMAT!r}: {state.get('format')!r}")
+            raise ValueError(f"not a {STATE_FORMAT!r} search state: {state.get('format')!r}")
         saved = state["config"]
         diff = [f"{k} (saved {saved.get(k)!r}, now {v!r})" for k, v in self.config.items()
                 if k != "max_epochs" and saved.get(k) != v]

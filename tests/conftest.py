@@ -30,3 +30,85 @@ def randomize_glora(model: torch.nn.Module, seed: int = 1, scale: float = 0.1) -
         for name, param in model.named_parameters():
             if ".glora_" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * scale)
+
+
+def make_noah_task(root, task: str = "eurosat", num_classes: int = 10,
+                   sizes=(("train800", 48), ("val200", 16), ("test", 24)), seed: int = 0):
+    """A learnable NOAH-layout task in ``root/task``: class k is a colour-coded noisy image."""
+    import numpy as np
+    from pathlib import Path
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / task
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = {}
+    for split, count in sizes:
+        rows = []
+        for i in range(count):
+            label = i % num_classes
+            base = np.array([(label * 37) % 256, (label * 91) % 256, (label * 53) % 256], dtype=float)
+            pixels = np.clip(base + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+            rel = f"images/{split}_{i:04d}.jpg"
+            Image.fromarray(pixels).save(folder / rel, quality=95)
+            rows.append(f"{rel} {label}")
+        lines[split] = rows
+    lines["train800val200"] = lines["train800"] + lines["val200"]
+    for split, rows in lines.items():
+        (folder / f"{split}.txt").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture
+def noah_root(tmp_path):
+    """A data root with one generated task ('eurosat', 10 classes)."""
+    root = tmp_path / "vtab-1k"
+    make_noah_task(root)
+    return root
+
+
+def save_tiny_backbone(path, seed: int = 0) -> dict:
+    """Save a tiny ViT's backbone (no head) as safetensors; return its model_kwargs."""
+    from safetensors.torch import save_file
+
+    model = make_tiny_vit(seed=seed)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("head.")}
+    save_file(state, str(path))
+    return dict(TINY_VIT_KWARGS)
+
+
+def save_google_npz(model: torch.nn.Module, path, head_classes: int = 21843) -> None:
+    """Write a timm ViT in the key layout of Google's ViT-B_16.npz (the inverse of timm's loader).
+
+    Like the original in21k file it carries a 21,843-class head and a pre-logits layer, which a
+    task model must not take.
+    """
+    import numpy as np
+
+    t = lambda x: x.detach().cpu().numpy()
+    dim = model.embed_dim
+    heads = model.blocks[0].attn.num_heads
+    w = {"embedding/kernel": t(model.patch_embed.proj.weight.permute(2, 3, 1, 0)),
+         "embedding/bias": t(model.patch_embed.proj.bias), "cls": t(model.cls_token),
+         "Transformer/posembed_input/pos_embedding": t(model.pos_embed),
+         "Transformer/encoder_norm/scale": t(model.norm.weight),
+         "Transformer/encoder_norm/bias": t(model.norm.bias),
+         "head/kernel": np.zeros((dim, head_classes), np.float32),
+         "head/bias": np.zeros((head_classes,), np.float32),
+         "pre_logits/kernel": np.eye(dim, dtype=np.float32), "pre_logits/bias": np.zeros(dim, np.float32)}
+    for i, block in enumerate(model.blocks):
+        p = f"Transformer/encoderblock_{i}/"
+        mha = p + "MultiHeadDotProductAttention_1/"
+        w[p + "LayerNorm_0/scale"], w[p + "LayerNorm_0/bias"] = t(block.norm1.weight), t(block.norm1.bias)
+        w[p + "LayerNorm_2/scale"], w[p + "LayerNorm_2/bias"] = t(block.norm2.weight), t(block.norm2.bias)
+        qkv_w = block.attn.qkv.weight.reshape(3, dim, dim)  # (q|k|v, out, in)
+        qkv_b = block.attn.qkv.bias.reshape(3, heads, dim // heads)
+        for j, name in enumerate(("query", "key", "value")):
+            w[mha + f"{name}/kernel"] = t(qkv_w[j].T.reshape(dim, heads, dim // heads))
+            w[mha + f"{name}/bias"] = t(qkv_b[j])
+        w[mha + "out/kernel"] = t(block.attn.proj.weight.reshape(dim, heads, dim // heads).permute(1, 2, 0))
+        w[mha + "out/bias"] = t(block.attn.proj.bias)
+        for r, fc in enumerate((block.mlp.fc1, block.mlp.fc2)):
+            w[p + f"MlpBlock_3/Dense_{r}/kernel"] = t(fc.weight.T)
+            w[p + f"MlpBlock_3/Dense_{r}/bias"] = t(fc.bias)
+    np.savez(path, **w)

@@ -1,5 +1,5 @@
 """NOAH-layout splits: decode-once cache == per-image PIL pipeline, loaders, errors, vtab.check."""
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -277,9 +277,14 @@ def test_check_bad_tree_reports_every_kind_of_problem(tree, capsys):
     assert "label 99 outside [0, 10)" in out
 
 
-def test_check_cli_exit_2_without_traceback(tmp_path):
-    cmd = [sys.executable, "-m", "vtab.check", "--data-path", str(tmp_path / "nowhere")]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1])
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr and "not found" in result.stderr
+def test_check_cli_exit_2_without_traceback(tmp_path, monkeypatch, capsys):
+    # Runs the module as `python -m vtab.check` would, in-process (a fresh interpreter would
+    # spend seconds importing torch and timm).
+    monkeypatch.setattr(sys, "argv", ["vtab.check", "--data-path", str(tmp_path / "nowhere")])
+    monkeypatch.delitem(sys.modules, "vtab.check")  # run_module re-executes it as __main__
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("vtab.check", run_name="__main__", alter_sys=True)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not found" in err and "data/README.md" in err
     assert check_main(["--data-path", str(tmp_path), "imagenet"]) == 2

@@ -193,7 +193,9 @@ def _read_cache(path: Path, key: str, count: int) -> "torch.Tensor | None":
     if not path.is_file():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: pages come in as batches touch them, so a test split of several GB does not
+        # have to fit in RAM when the loader is not resident.
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # a half-copied or foreign file: rebuild rather than fail
         warnings.warn(f"ignoring unreadable cache {path}: {error}")
         return None

@@ -222,8 +222,8 @@ def collect(runs_dir: Path, methods: Sequence[str] | None = None,
     return Report(ref, ours, [r for r in ref.rows if keep(r.method)], errors, runs_dir, len(paths))
 
 
-def _fmt(x: float | None, digits: int = 2) -> str:
-    return DASH if x is None else f"{x:.{digits}f}"
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return DASH if x is None else format(x, spec)  # params use ".3g": 0.86, 0.069, 0.0095
 
 
 def _cell_text(cell: Cell | None) -> str:
@@ -238,7 +238,8 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
 
 def _vtab_sections(rep: Report) -> list[str]:
     ref, rows = rep.ref, rep.vtab_rows()
-    body = [[r.label, _fmt(r.params_M, 3), f"{len(set(r.cells) & set(ref.tasks))}/{len(ref.tasks)}"]
+    count = lambda r: f"{len(set(r.cells) & set(ref.tasks))}/{len(ref.tasks)}"  # noqa: E731
+    body = [[r.label, _fmt(r.params_M, ".3g"), count(r)]
             + [_fmt(v) for v in summarize(r.acc(), ref.groups).values()] for r in rows]
     out = ["## Summary (test top-1 %)", ""] + _table(
         ["row", "params (M)", "tasks", *ref.groups, "mean of groups", "mean of 19"], body)
@@ -258,7 +259,8 @@ def _vtab_sections(rep: Report) -> list[str]:
                   f"{', '.join(absent)}" if absent else "Every task has results.", ""]
 
 
-def render_markdown(rep: Report, plot_file: str | None = None) -> str:
+def render_markdown(rep: Report, plot_file: str | None = None,
+                    skipped: str = "matplotlib is not importable") -> str:
     """The whole report as markdown."""
     out = ["# VTAB-1k report", "", f"Runs: `{rep.runs_dir}` ({rep.n_files} results.json files, "
            f"{len(rep.errors)} unreadable). Protocols:", ""]
@@ -269,13 +271,13 @@ def render_markdown(rep: Report, plot_file: str | None = None) -> str:
     if other:
         out += ["## Other tasks (not among the 19 VTAB-1k tasks; no group means)", ""]
         out += _table(["task", "method", "row", "test top-1", "params (M)"],
-                      [[t, r.method, r.label, _cell_text(c), _fmt(c.params_M, 3)]
+                      [[t, r.method, r.label, _cell_text(c), _fmt(c.params_M, ".3g")]
                        for t, r, c in other])
     if rep.errors:
         out += ["## Unreadable results files", ""]
         out += [f"- `{path}`: {why}" for path, why in rep.errors] + [""]
     out += [f"![accuracy vs params]({plot_file})" if plot_file
-            else "Plot skipped: matplotlib is not importable.", ""]
+            else f"Plot skipped: {skipped}.", ""]
     return "\n".join(out)
 
 
@@ -305,20 +307,19 @@ def _panels(rep: Report) -> list[tuple[str, list[tuple[Row, float]]]]:
 
 
 def plot(rep: Report, path: Path) -> bool:
-    """Top-1 vs trainable params (M): the average, then one panel per task; False if no matplotlib."""
+    """Top-1 vs trainable params (M), the average then one panel per task; False: no matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         return False
     panels = _panels(rep)
-    ncols = min(4, len(panels))
-    fig = Figure(figsize=(4 * ncols, 3.2 * math.ceil(len(panels) / ncols) + 0.25 * len(rep.ours)),
-                 layout="constrained")
+    ncols, nrows = min(4, len(panels)), math.ceil(len(panels) / 4)
+    fig = Figure(figsize=(4 * ncols, 3.2 * nrows + 0.25 * len(rep.ours)), layout="constrained")
     FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
-    axes = list(fig.subplots(math.ceil(len(panels) / ncols), ncols, squeeze=False).flat)
     colours = {r.label: f"C{i % 10}" for i, r in enumerate(rep.ours)}
-    for ax, (title, points) in zip(axes, panels):
+    for i, (title, points) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
         for row, acc in ((row, acc) for row, acc in points if row.params_M is not None):
             if row.label in colours:
                 ax.scatter(row.params_M, acc, c=colours[row.label], s=36, label=row.label)
@@ -328,10 +329,9 @@ def plot(rep: Report, path: Path) -> bool:
                             textcoords="offset points", color="0.4")
         ax.set_xscale("symlog", linthresh=0.01)  # linear probing has 0 params
         ax.set(title=title, xlabel="trainable params (M)", ylabel="top-1 (%)")
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
     handles = {h.get_label(): h for ax in fig.axes for h in ax.get_legend_handles_labels()[0]}
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize=7)
+    labels = [label for label in colours if label in handles]  # in row order
+    fig.legend([handles[label] for label in labels], labels, loc="outside lower center", fontsize=7)
     fig.savefig(path, dpi=110)
     return True
 
@@ -344,11 +344,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", type=str, default=None,
                    help="keep only these methods (ours and published), e.g. glora lora")
     p.add_argument("--reference", type=Path, default=REFERENCE_CSV, help="published numbers CSV")
+    p.add_argument("--no-plot", action="store_true", help=f"do not draw {PLOT_FILE}")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Build and write the report; exit code 2 with a one-line error if there is nothing to report."""
+    """Write report.md, report.csv and the plot; exit code 2 and one error line if nothing to do."""
     args = get_args_parser().parse_args(argv)
     try:
         rep = collect(args.runs_dir, args.methods, load_reference(args.reference))
@@ -359,13 +360,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vtab.report: warning: skipped {path}: {why}", file=sys.stderr)
     out = args.runs_dir if args.out is None else args.out
     out.mkdir(parents=True, exist_ok=True)
-    plotted = plot(rep, out / PLOT_FILE)
-    markdown = render_markdown(rep, PLOT_FILE if plotted else None)
+    plotted = not args.no_plot and plot(rep, out / PLOT_FILE)
+    skipped = "--no-plot" if args.no_plot else "matplotlib is not importable"
+    markdown = render_markdown(rep, PLOT_FILE if plotted else None, skipped)
     (out / "report.md").write_text(markdown)
     write_csv(rep, out / "report.csv")
     print(markdown)
-    print(f"wrote {out / 'report.md'} and {out / 'report.csv'}, " + (
-        f"and {out / PLOT_FILE}" if plotted else "skipped the plot (matplotlib not importable)"))
+    print(f"wrote {out / 'report.md'} and {out / 'report.csv'}, "
+          + (f"and {out / PLOT_FILE}" if plotted else f"skipped the plot ({skipped})"))
     return 0
 
 
