@@ -101,7 +101,8 @@ def main() -> None:
               f"(1 in {1 / exact:,.0f}) | {1e3 * plain['per_draw'] / exact:,.3g} |")
         aware.append(budget_aware(random.Random(args.seed), args.rank, shapes, lo, hi,
                                   args.candidates))
-    print(f"\nBudget-aware generator (glora.search.random_candidate), {args.candidates} per case:\n")
+    print(f"\nBudget-aware generator (glora.search.random_candidate), {args.candidates} "
+          "per case:\n")
     print("| model | budget (params) | in budget | plain / repaired / constructed | "
           "ms per candidate | median params |\n|---|---|---|---|---|---|")
     for (name, _, lo, hi), a in zip(CASES, aware):

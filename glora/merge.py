@@ -1,13 +1,18 @@
 """One-way export of a GLoRA model to plain timm, and import of the original code's checkpoints."""
 from __future__ import annotations
 
-from typing import Mapping
+import copy
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from glora.inject import glora_layers
 from glora.layer import merged_linear
+from glora.space import SUPPORTS, validate_choice
 
 # The original code named the supports' tensors with bare letters (``blocks.0.attn.qkv.Ad``).
 ORIGINAL_TENSOR_NAMES = ("Ad", "Au", "Bd", "Bu", "Cd", "Cu", "D", "E")
@@ -51,3 +56,56 @@ def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[
             key = f"{prefix}.glora_{last}"
         converted[key] = value
     return converted
+
+
+class CandidateModel:
+    """A plain copy of a GLoRA model into which each search candidate is merged once.
+
+    The copy has ordinary ``nn.Linear`` layers, so evaluating a candidate costs exactly what the
+    exported model will; only the per-layer merge (``W0 + W0⊙A + B``, …) runs per candidate.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.source = model
+        self.names = [name for name, _ in glora_layers(model)]
+        plain = copy.deepcopy(model)
+        for _, layer in glora_layers(plain):
+            layer.set_choice({s: "none" for s in SUPPORTS})
+        self.plain = merge_glora(plain)
+
+    @torch.no_grad()
+    def load(self, subnet: Sequence[Mapping[str, str]]) -> nn.Module:
+        """Write the merged weights of ``subnet`` into the plain copy and return it."""
+        layers = glora_layers(self.source)
+        if len(subnet) != len(layers):
+            raise ValueError(f"subnet has {len(subnet)} choices but the model has {len(layers)} GLoRA layers")
+        for (name, layer), choice in zip(layers, subnet):
+            weight, bias = layer.merged_weight_bias(validate_choice(choice, layer.rank))
+            target = self.plain.get_submodule(name)
+            target.weight.copy_(weight)
+            if bias is not None:
+                target.bias.copy_(bias)
+        return self.plain
+
+
+def export_timm_folder(model: nn.Module, folder: str | os.PathLike, input_size: int,
+                       mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic") -> Path:
+    """Save a merged (plain timm) model as ``config.json`` + ``model.safetensors``.
+
+    The folder loads with ``timm.create_model('local-dir:<folder>', pretrained=True)`` and no
+    code from this project; its config records the preprocessing the model was tuned with.
+    Written to a temporary folder first, then renamed into place.
+    """
+    from timm.models import save_for_hf
+
+    if glora_layers(model):
+        raise ValueError("export needs a merged model; call glora.merge_glora(model) first")
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    data_config = {"input_size": (3, input_size, input_size), "interpolation": interpolation,
+                   "mean": tuple(mean), "std": tuple(std), "crop_pct": 1.0}
+    save_for_hf(model, str(tmp), safe_serialization=True, data_config=data_config)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder

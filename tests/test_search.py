@@ -210,6 +210,8 @@ def test_invalid_settings_rejected():
         small_search(Recorder(), m_prob=1.5)
     with pytest.raises(ValueError, match="select_num"):
         small_search(Recorder(), select_num=0)
+    with pytest.raises(ValueError, match="rank"):
+        EvolutionSearch(Recorder(), TINY, 0, max_params=1_000)
     with pytest.raises(ValueError, match="non-finite|nan"):
         small_search(lambda s: float("nan")).run()
     assert SUPPORTS == ("A", "B", "C", "D", "E")

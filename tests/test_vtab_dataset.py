@@ -232,6 +232,11 @@ def test_bad_line_names_file_and_line(tree, bad_line, match):
     assert f"{tree / TASK / 'train800.txt'}:7:" in message
 
 
+def test_list_that_is_not_text(tree):
+    (tree / TASK / "train800.txt").write_bytes(b"images/000.jpg 1\n\xff\xfe 2\n")
+    one_line_error(tree, match="not a UTF-8 text list file")
+
+
 def test_empty_list(tree):
     write_list(tree / TASK, "val200", [], trailer="\n\n")
     one_line_error(tree, "val200", match="no samples")

@@ -55,7 +55,10 @@ _INTEGER = re.compile(r"-?[0-9]+")
 
 @dataclass
 class Split:
-    """A decoded split: uint8 images (N, 3, H, W) and int64 labels (N,), both on the CPU."""
+    """A decoded split: uint8 images (N, 3, H, W) and int64 labels (N,), on the CPU.
+
+    Images read back from the cache are memory-mapped: pages load as batches touch them.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -95,6 +98,14 @@ def list_file(data_path: "str | os.PathLike", task: "str | TaskInfo", split: str
     return path
 
 
+def _decode_text(data: bytes, source: "str | os.PathLike") -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{source}: not a UTF-8 text list file ({error.reason} at byte "
+                        f"{error.start})") from None
+
+
 def parse_list(text: str, source: "str | os.PathLike", num_classes: int) -> list[Entry]:
     """Parse ``path label`` lines; DataError naming ``source`` and the line on any bad line."""
     entries = []
@@ -118,7 +129,8 @@ def parse_list(text: str, source: "str | os.PathLike", num_classes: int) -> list
 def read_list(data_path: "str | os.PathLike", task: "str | TaskInfo", split: str) -> list[Entry]:
     """The checked entries of one split's list file."""
     path = list_file(data_path, task, split)
-    return parse_list(path.read_text(encoding="utf-8"), path, resolve_task(task).num_classes)
+    text = _decode_text(path.read_bytes(), path)
+    return parse_list(text, path, resolve_task(task).num_classes)
 
 
 def _resample(interpolation: str) -> Image.Resampling:
@@ -133,7 +145,8 @@ def open_rgb(path: "str | os.PathLike") -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")  # convert() forces the full decode inside the try
     except _IMAGE_ERRORS as error:
-        raise DataError(f"cannot read image {path}: {error}") from None
+        reason = str(error).replace("\n", " ")  # the message must stay one line
+        raise DataError(f"cannot read image {path}: {reason}") from None
 
 
 def decode_image(path: "str | os.PathLike", input_size: int = 224,
@@ -235,7 +248,7 @@ def load_split(data_path: "str | os.PathLike", task: "str | TaskInfo", split: st
     _resample(interpolation)
     source = list_file(data_path, info, split)
     list_bytes = source.read_bytes()
-    entries = parse_list(list_bytes.decode("utf-8"), source, info.num_classes)
+    entries = parse_list(_decode_text(list_bytes, source), source, info.num_classes)
     key = _cache_key(list_bytes, input_size, interpolation)
     folder = source.parent
     cache_root = folder / ".cache" if cache_dir is None else Path(cache_dir) / info.name

@@ -1,0 +1,209 @@
+"""Step 2 of GLoRA: evolutionary search of a subnet under a parameter budget, then merge and export.
+
+    python evolution.py --dataset DATASET --save_path SAVE_DIR --load_path SUPERNET_SAVE_DIR \
+        --param-limits MAX_PARAM_M --rank LORA_RANK
+
+Reads LOAD_DIR/<dataset>.pt; writes into SAVE_DIR: subnet.yaml, history.jsonl, search_state.json
+(resume), results.json, args.yaml and merged/ (a plain timm model: config.json + model.safetensors).
+With --subnet PRESET|FILE (or a fixed-subnet / full fine-tuning checkpoint) it skips the search and
+evaluates and exports that model through the same path.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+from tqdm import tqdm
+
+import glora
+import vtab
+from glora.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_subnet,
+                              subnet_document, versions)
+from glora.config import add_common_args, config_dict, parse_args, write_yaml
+from glora.engine import evaluate
+from glora.merge import CandidateModel, export_timm_folder
+from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
+from glora.search import BudgetError, EvolutionSearch, check_budget
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("GLoRA evolutionary search", add_help=True)
+    add_common_args(parser)
+    parser.add_argument("--save_path", type=str, default="runs/search", help="output folder of this search")
+    parser.add_argument("--load_path", type=str, default="runs/supernet", help="supernet --save_path")
+    parser.add_argument("--param-limits", type=float, default=1.0, help="max GLoRA parameters (M)")
+    parser.add_argument("--min-param-limits", type=float, default=0.0, help="min GLoRA parameters (M)")
+    parser.add_argument("--max-epochs", "--epochs", dest="max_epochs", type=int, default=20,
+                        help="generations after the initial population")
+    parser.add_argument("--select-num", type=int, default=10)
+    parser.add_argument("--population-num", type=int, default=50)
+    parser.add_argument("--m_prob", type=float, default=0.2)
+    parser.add_argument("--crossover-num", type=int, default=25)
+    parser.add_argument("--mutation-num", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=1)
+    return parser
+
+
+def load_model(args: argparse.Namespace, device: torch.device):
+    """The backbone with the supernet's trained tensors, checked against the flags."""
+    task = vtab.resolve_task(args.dataset)
+    ckpt_path = Path(args.load_path) / f"{task.name}.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    check_compatible(ckpt, {"model": args.model, "model_kwargs": dict(args.model_kwargs), "rank": args.rank,
+                            "protocol": args.protocol, "dataset": task.name}, ckpt_path)
+    model = build_model(args.model, task.num_classes, args.pretrained, args.model_kwargs, drop_path_rate=0.0)
+    if ckpt["mode"] != "full":
+        glora.inject_glora(model, args.rank)
+    glora.load_trained_state(model, ckpt["state_dict"], full=ckpt["mode"] == "full")
+    print(f"loaded {ckpt_path} ({ckpt['mode']}, epoch {ckpt['epoch']})")
+    return task, ckpt, model.to(device).eval()
+
+
+def choose_fixed(args, ckpt, layer_names) -> tuple[list | None, str]:
+    """The subnet to export without search, if any, and the method label for results.json."""
+    if ckpt["mode"] == "full":
+        return None, "full_finetune"
+    if args.subnet:
+        return load_subnet(args.subnet, layer_names, args.rank), Path(args.subnet).stem
+    if ckpt["mode"] == "subnet":
+        return ckpt["subnet"], ckpt["config"].get("subnet") or "subnet"
+    return None, "glora"
+
+
+def run_search(args, model, search_loader, device, out: Path) -> tuple[list, dict]:
+    """Resumable evolutionary search; state and history are rewritten atomically every generation."""
+    amp = autocast_dtype(args.precision, device)
+    candidate = CandidateModel(model)
+    evaluate_fn = lambda subnet: evaluate(candidate.load(subnet), search_loader, device, amp)["acc1"]
+    search = EvolutionSearch(evaluate_fn, glora.layer_shapes(model), args.rank,
+                             population_num=args.population_num, select_num=args.select_num,
+                             mutation_num=args.mutation_num, m_prob=args.m_prob,
+                             crossover_num=args.crossover_num, max_epochs=args.max_epochs,
+                             max_params=round(args.param_limits * 1e6),
+                             min_params=round(args.min_param_limits * 1e6), seed=args.seed)
+    state_path = out / "search_state.json"
+    if args.resume:
+        if not state_path.is_file():
+            raise CheckpointError(f"--resume but no search state at {state_path}")
+        search.load_state_dict(json.loads(state_path.read_text()))
+        print(f"resumed the search at generation {search.generation}")
+    bar = tqdm(total=args.max_epochs + 1, initial=search.generation, desc="search", disable=not args.progress)
+
+    def on_generation(state: dict, info: dict) -> None:
+        write_json(state_path, state)
+        write_lines(out / "history.jsonl", state["evaluated"])
+        bar.update(1)
+        bar.set_postfix(best=f"{info['best_fitness']:.2f}", params=f"{info['best_params'] / 1e6:.3f}M")
+
+    result = search.run(on_generation)
+    bar.close()
+    return result.subnet, {"search_acc1": result.fitness, "num_evaluated": result.num_evaluated,
+                           "generations": result.generations, "stats": result.stats,
+                           "top_k": [{k: r[k] for k in ("params", "fitness", "generation")} for r in result.top_k]}
+
+
+def export_and_test(args, task, model, test_loader, device, out: Path) -> dict:
+    """Test the chosen model, merge it, export it, reload it with plain timm and test again."""
+    amp = autocast_dtype(args.precision, device)
+    unmerged = evaluate(model, test_loader, device, amp)
+    merged = glora.merge_glora(copy.deepcopy(model).cpu()) if glora.glora_layers(model) else copy.deepcopy(model).cpu()
+    folder = export_timm_folder(merged, out / "merged", args.input_size, vtab.IMAGENET_DEFAULT_MEAN,
+                                vtab.IMAGENET_DEFAULT_STD)
+    reloaded = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True).to(device)
+    again = evaluate(reloaded, test_loader, device, amp)
+    if again["acc1"] != unmerged["acc1"]:
+        raise RuntimeError(f"the exported model's test accuracy {again['acc1']:.4f} differs from the "
+                           f"unmerged subnet's {unmerged['acc1']:.4f}")
+    return {"test_acc1": unmerged["acc1"], "test_acc1_merged": again["acc1"], "test_n": unmerged["n"]}
+
+
+def eval_loader(args, task, split: str, device: torch.device):
+    """A split decoded once, evaluated in chunks (the uint8 stays on the host)."""
+    data = vtab.load_split(args.data_path, task.name, split, input_size=args.input_size, progress=args.progress)
+    return vtab.Loader(data, args.eval_batch_size, shuffle=False, drop_last=False, device=device, resident=False)
+
+
+def main(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    out = Path(args.save_path)
+    out.mkdir(parents=True, exist_ok=True)
+    write_yaml(out / "args.yaml", config_dict(args))
+    task, ckpt, model = load_model(args, device)
+    names = [n for n, _ in glora.glora_layers(model)]
+    subnet, method = choose_fixed(args, ckpt, names)
+    if method == "glora":  # fail in seconds on an impossible budget, before any data is read
+        check_budget(args.rank, glora.layer_shapes(model), round(args.min_param_limits * 1e6),
+                     round(args.param_limits * 1e6))
+    splits = vtab.PROTOCOLS[args.protocol]
+    search_loader, test_loader = (eval_loader(args, task, splits[k], device) for k in ("search", "test"))
+    timer = {"start": time.time()}
+    info = {}
+    if method == "glora":
+        subnet, info = run_search(args, model, search_loader, device, out)
+    elif subnet is not None or method == "full_finetune":
+        if subnet is not None:
+            glora.set_subnet(model, subnet)
+        info = {"search_acc1": evaluate(model, search_loader, device, autocast_dtype(args.precision, device))["acc1"]}
+    params = glora.count_params(model, subnet) if subnet is not None else sum(
+        p.numel() for n, p in model.named_parameters() if not n.startswith("head."))
+    if subnet is not None:
+        glora.set_subnet(model, subnet)
+        write_yaml(out / "subnet.yaml", subnet_document(names, subnet, args.rank, params, dataset=task.name))
+    timer["search"] = time.time() - timer.pop("start")
+    start = time.time()
+    tested = export_and_test(args, task, model, test_loader, device, out)
+    timer["test_and_export"] = time.time() - start
+    results = make_results(args, task, ckpt, method, params, splits, info, tested, timer, model)
+    write_json(out / "results.json", results)
+    print(f"{task.name}: {method} with {params / 1e6:.4f}M params: {splits['search']} acc1 "
+          f"{results['search_acc1']:.2f}, test acc1 {results['test_acc1']:.2f} -> {out}")
+
+
+def make_results(args, task, ckpt, method, params, splits, info, tested, timer, model) -> dict:
+    """The results.json record (format in notes/INTERFACES.md)."""
+    stats = info.pop("stats", {})
+    draws = stats.get("plain_draws", 0)
+    return {"dataset": task.name, "group": task.group, "method": method, "protocol": args.protocol,
+            "selection_split": splits["search"], "search_acc1": info.pop("search_acc1"), **tested,
+            "params": params, "params_M": params / 1e6,
+            "head_params": sum(p.numel() for n, p in model.named_parameters() if n.startswith("head.")),
+            "param_limit_M": args.param_limits if method == "glora" else None,
+            "min_param_limit_M": args.min_param_limits if method == "glora" else None,
+            "rank": args.rank, "seed": args.seed, "supernet_seed": ckpt["config"].get("seed"),
+            "supernet_epochs": ckpt["epoch"], "model": args.model, "model_kwargs": dict(args.model_kwargs),
+            "search": {**info, "stats": stats,
+                       "plain_draw_acceptance": stats.get("plain_accepted", 0) / draws if draws else None},
+            "versions": versions(), "wall_time_s": timer,
+            "subnet_file": "subnet.yaml" if method != "full_finetune" else None, "merged_model_dir": "merged"}
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def write_lines(path: Path, records) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Parse, run, and turn the expected failures into one-line errors."""
+    args = parse_args(get_args_parser(), argv)
+    try:
+        main(args)
+    except (vtab.DataError, WeightsError, CheckpointError, BudgetError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

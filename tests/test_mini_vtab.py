@@ -1,0 +1,152 @@
+"""Mini-VTAB: generators, NOAH layout, determinism, the pretrained backbone file, the probe."""
+import json
+import re
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import vtab
+from vtab import mini, mini_gen, mini_probe, mini_source, pretrain
+
+SMALL = (16, 8, 24)  # train800 / val200 / test sizes at test scale (all multiples of 8)
+TINY_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+TINY_CFG = pretrain.PretrainConfig(seed=3, pool_size=64, eval_size=16, epochs=1, batch_size=32)
+LINE = re.compile(r"images/\d{5}\.jpg \d+")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vtab-1k")
+    mini.build(root, sizes=SMALL, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_vit")
+    pretrain.pretrain(out, TINY_CFG, model_kwargs=TINY_KWARGS, progress=False)
+    return out
+
+
+def test_mini_tasks_match_the_registry():
+    for name, k in mini_gen.NUM_CLASSES.items():
+        assert vtab.TASKS[name].num_classes == k and vtab.TASKS[name].mini
+    assert set(mini.MINI_TASKS) == set(vtab.MINI_TASKS)
+
+
+@pytest.mark.parametrize("task", sorted(mini_gen.RENDERERS))
+def test_generator_balanced_in_range_and_deterministic(task):
+    images, labels = mini_gen.generate(task, 32, seed=5)
+    assert images.shape == (32, 32, 32, 3) and images.dtype == np.uint8
+    assert np.bincount(labels, minlength=8).tolist() == [4] * 8
+    again, labels_again = mini_gen.generate(task, 32, seed=5)
+    assert np.array_equal(images, again) and np.array_equal(labels, labels_again)
+    assert not np.array_equal(images, mini_gen.generate(task, 32, seed=6)[0])
+    assert images.std() > 10  # not blank: backgrounds and sprites vary
+
+
+def test_digits_are_sklearn_digits_split_without_overlap():
+    full = mini_gen.digits(seed=0)
+    assert [len(full[s][1]) for s in ("train800", "val200", "test")] == [800, 200, 797]
+    small = mini_gen.digits(seed=0, n_train=20, n_val=5, n_test=7)
+    assert [len(small[s][1]) for s in ("train800", "val200", "test")] == [20, 5, 7]
+    assert np.array_equal(small["train800"][0], full["train800"][0][:20])
+    image = full["test"][0][0]
+    assert image.shape == (32, 32, 3) and np.array_equal(image[..., 0], image[..., 2])
+    assert set(np.unique(full["train800"][1])) == set(range(10))
+
+
+def test_split_streams_are_independent():
+    # Changing the test size must not change train images (one RNG stream per split).
+    a = mini.task_splits("mini_count", (8, 8, 8))
+    b = mini.task_splits("mini_count", (8, 8, 16))
+    assert np.array_equal(a["train800"][0], b["train800"][0])
+
+
+def test_noah_layout_and_list_files(built):
+    for task in mini.MINI_TASKS:
+        folder = built / task
+        lists = {n: (folder / f"{n}.txt").read_text().splitlines() for n in mini.LIST_FILES}
+        assert [len(lists[n]) for n in ("train800", "val200", "test")] == list(SMALL)
+        assert lists["train800val200"] == lists["train800"] + lists["val200"]
+        for line in sum(lists.values(), []):
+            assert LINE.fullmatch(line), line
+            path, label = line.split()
+            assert 0 <= int(label) < mini_gen.NUM_CLASSES[task]
+        with Image.open(folder / lists["test"][0].split()[0]) as image:
+            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (32, 32))
+        if task != "mini_digits":
+            labels = [int(line.split()[1]) for line in lists["train800"]]
+            assert np.bincount(labels).tolist() == [2] * 8
+
+
+def test_build_is_byte_identical_and_skips_built_tasks(built, tmp_path):
+    assert mini.build(tmp_path, sizes=SMALL, progress=False) == list(mini.MINI_TASKS)
+    files = sorted(p.relative_to(built) for p in built.rglob("*") if p.is_file()
+                   and ".cache" not in p.parts)
+    assert files == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert all((built / f).read_bytes() == (tmp_path / f).read_bytes() for f in files)
+    assert mini.build(tmp_path, sizes=SMALL, progress=False) == []
+    assert mini.build(tmp_path, ["mini_loc"], force=True, sizes=SMALL, progress=False) == [
+        "mini_loc"]
+
+
+def test_mini_task_loads_with_the_vtab_loader(built):
+    split = vtab.load_split(built, "mini_ori", "train800", input_size=32, progress=False)
+    assert split.images.shape == (SMALL[0], 3, 32, 32) and split.labels.max() < 8
+
+
+def test_source_task_heads_balanced():
+    images, labels = mini_source.generate(90, seed=0)
+    assert images.shape == (90, 32, 32, 3) and labels.shape == (90, len(mini_source.HEADS))
+    for j, k in enumerate(mini_source.HEADS.values()):
+        counts = np.bincount(labels[:, j], minlength=k)
+        assert len(counts) == k and counts.max() - counts.min() <= 1
+
+
+def test_recolour_permutes_or_inverts_channels():
+    images = torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8)
+    out = pretrain.recolour(images, torch.Generator().manual_seed(0))
+    for x, y in zip(images, out):
+        for channel in y:
+            assert any(torch.equal(channel, c) or torch.equal(channel, 255 - c) for c in x)
+
+
+def test_backbone_file_has_no_head_and_loads_into_timm(backbone):
+    state = load_file(str(backbone / pretrain.WEIGHTS_FILE))
+    assert state and not any(k.startswith("head.") for k in state)
+    model = timm.create_model(pretrain.MODEL, num_classes=7, **TINY_KWARGS)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert sorted(missing) == ["head.bias", "head.weight"] and unexpected == []
+    meta = json.loads((backbone / pretrain.META_FILE).read_text())
+    assert meta["model_kwargs"] == TINY_KWARGS and meta["seed"] == TINY_CFG.seed
+    assert set(meta["source_test_acc1"]) == set(mini_source.HEADS)
+    assert not list(backbone.glob("*.tmp"))  # written atomically
+
+
+def test_pretrain_is_deterministic(backbone, tmp_path):
+    pretrain.pretrain(tmp_path, TINY_CFG, model_kwargs=TINY_KWARGS, progress=False)
+    a = load_file(str(backbone / pretrain.WEIGHTS_FILE))
+    b = load_file(str(tmp_path / pretrain.WEIGHTS_FILE))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # and it did train: the weights differ from the seeded initialisation
+    torch.manual_seed(TINY_CFG.seed)
+    init = pretrain.create_model(31, model_kwargs=TINY_KWARGS).state_dict()
+    assert not torch.equal(init["blocks.0.attn.qkv.weight"], a["blocks.0.attn.qkv.weight"])
+
+
+def test_ensure_backbone_skips_an_existing_file(tmp_path):
+    (tmp_path / pretrain.WEIGHTS_FILE).write_bytes(b"x")
+    assert mini.ensure_backbone(tmp_path, progress=False) == tmp_path / pretrain.WEIGHTS_FILE
+
+
+def test_probe_reports_both_backbones(built, backbone):
+    rows = mini_probe.probe(str(built), backbone, ["mini_loc"])
+    assert rows[0]["task"] == "mini_loc"
+    assert 0 <= rows[0]["pretrained"] <= 100 and 0 <= rows[0]["random_init"] <= 100
+    table = mini_probe.markdown_table(rows)
+    assert table.splitlines()[0].startswith("| task |") and "| mean |" in table
