@@ -47,15 +47,39 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as err:  # truncated zip, pickle error, ...: all mean "unreadable"
         raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    if _is_original_format(ckpt):
+        return _from_original(ckpt, path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a GLoRA checkpoint (no 'state_dict')")
     return ckpt
 
 
+def _is_original_format(ckpt: Any) -> bool:
+    # The original code saved a flat dict of tensors with keys like blocks.0.attn.qkv.Ad.
+    return (isinstance(ckpt, dict) and bool(ckpt) and "state_dict" not in ckpt
+            and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+            and any(k.endswith(".Ad") for k in ckpt))
+
+
+def _from_original(ckpt: dict, path: Path) -> dict:
+    """Wrap an original-code checkpoint: renamed keys, rank from the tensor shapes."""
+    from glora.merge import convert_original_state_dict
+
+    state = convert_original_state_dict(ckpt)
+    rank = next(v.shape[1] for k, v in state.items() if k.endswith(".glora_Ad"))
+    print(f"{path}: a checkpoint of the original code (rank {rank}); model, protocol and dataset "
+          "are not recorded in it, so the flags are trusted")
+    return {"format_version": 0, "mode": "supernet", "state_dict": state, "rank": rank,
+            "epoch": None, "config": {}, "subnet": None, "original_format": True}
+
+
 def check_compatible(ckpt: Mapping, expected: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Refuse a checkpoint whose model, kwargs, rank, protocol or dataset differ from the flags."""
+    """Refuse a checkpoint whose model, kwargs, rank, protocol or dataset differ from the flags.
+
+    Only recorded fields are compared (the original code's checkpoints record just the rank).
+    """
     diffs = [f"{key}: checkpoint has {ckpt.get(key)!r}, flags give {expected[key]!r}"
-             for key in COMPAT_KEYS if key in expected and ckpt.get(key) != expected[key]]
+             for key in COMPAT_KEYS if key in expected and key in ckpt and ckpt[key] != expected[key]]
     if diffs:
         raise CheckpointError(f"{path} does not match this run: " + "; ".join(diffs))
 

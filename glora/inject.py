@@ -128,10 +128,14 @@ def load_trained_state(model: nn.Module, state: Mapping[str, torch.Tensor], full
 
     After the non-strict load, the missing keys must be exactly the frozen backbone's.
     """
-    if full:
-        model.load_state_dict(state, strict=True)
-        return
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        if full:
+            model.load_state_dict(state, strict=True)
+            return
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches: a different model, rank or class count
+        detail = " ".join(str(err).split())
+        raise ValueError(f"checkpoint tensors do not fit the model: {detail[:300]}") from None
     wrong_missing = [k for k in missing if is_trainable_name(k)]
     if unexpected or wrong_missing:
         raise ValueError(f"checkpoint tensors do not fit the model: unexpected {unexpected[:4]}, "

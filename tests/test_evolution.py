@@ -130,3 +130,30 @@ def test_original_readme_command_parses_with_original_defaults():
         ("cifar", "SAVE", "SUPER", 0.86, 4)
     assert (args.population_num, args.select_num, args.mutation_num, args.m_prob, args.crossover_num,
             args.max_epochs, args.min_param_limits, args.seed) == (50, 10, 25, 0.2, 25, 20, 0.0, 1)
+
+
+def test_original_code_checkpoint_is_converted_and_searched(trained, tmp_path):
+    ours = torch.load(trained / "supernet" / "eurosat.pt", weights_only=True)["state_dict"]
+    original = {k.replace(".glora_", "."): v for k, v in ours.items()}  # the original's naming
+    (tmp_path / "orig").mkdir()
+    torch.save(original, tmp_path / "orig" / "eurosat.pt")
+    res_dir = tmp_path / "out"
+    evolution.cli(["--config", str(trained / "model.yaml"), "--dataset", "eurosat", "--load_path",
+                   str(tmp_path / "orig"), "--save_path", str(res_dir), "--param-limits", "0.006", *SMALL_SEARCH])
+    converted = json.loads((res_dir / "results.json").read_text())
+    reference = search(trained, "s_ref", *SMALL_SEARCH)
+    assert converted["test_acc1"] == reference["test_acc1"] and converted["params"] == reference["params"]
+    with pytest.raises(SystemExit, match="rank: checkpoint has 4, flags give 3"):
+        evolution.cli(["--config", str(trained / "model.yaml"), "--dataset", "eurosat", "--load_path",
+                       str(tmp_path / "orig"), "--save_path", str(res_dir), "--rank", "3"])
+
+
+def test_full_finetune_baseline_is_evaluated_and_exported(trained):
+    supernet.cli(["--config", str(trained / "model.yaml"), "--dataset", "eurosat", "--save_path",
+                  str(trained / "full"), "--epochs", "1", "--batch-size", "16", "--full-finetune"])
+    ckpt = torch.load(trained / "full" / "eurosat.pt", weights_only=True)
+    assert ckpt["mode"] == "full" and "blocks.0.attn.qkv.weight" in ckpt["state_dict"]
+    res = search(trained, "full_out", "--load_path", str(trained / "full"))
+    backbone = sum(v.numel() for k, v in ckpt["state_dict"].items() if not k.startswith("head."))
+    assert res["method"] == "full_finetune" and res["params"] == backbone
+    assert res["test_acc1"] == res["test_acc1_merged"]
