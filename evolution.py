@@ -47,6 +47,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crossover-num", type=int, default=25)
     parser.add_argument("--mutation-num", type=int, default=25)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--plain-tries", type=int, default=10,
+                        help="uniform draws before a random candidate is repaired toward the budget "
+                             "(a huge value approximates the original's unbounded rejection sampling)")
     return parser
 
 
@@ -86,7 +89,8 @@ def run_search(args, model, search_loader, device, out: Path) -> tuple[list, dic
                              mutation_num=args.mutation_num, m_prob=args.m_prob,
                              crossover_num=args.crossover_num, max_epochs=args.max_epochs,
                              max_params=round(args.param_limits * 1e6),
-                             min_params=round(args.min_param_limits * 1e6), seed=args.seed)
+                             min_params=round(args.min_param_limits * 1e6), seed=args.seed,
+                             plain_tries=args.plain_tries)
     state_path = out / "search_state.json"
     if args.resume:
         if not state_path.is_file():
