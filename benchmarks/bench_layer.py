@@ -1,7 +1,7 @@
 """GLoRA layer cost: training step vs full fine-tuning, vs a naive layer, and merged inference.
 
     python benchmarks/bench_layer.py [--quick] [--embed-dim 192 --depth 4 --img-size 32
-        --patch-size 4 --heads 3 --batch-size 64 --rank 4 --steps 5 --repeats 9]
+        --patch-size 4 --heads 3 --batch-size 64 --rank 4 --steps 4 --repeats 6 --threads 1]
 
 One process, one tiny timm ViT configuration (``vit_tiny_patch16_224`` with the sizes above,
 random init, drop_path 0.1 as ``supernet.py``), one fixed batch. Cases are timed side by side:
@@ -246,9 +246,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--rank", type=int, default=4)
-    p.add_argument("--steps", type=int, default=5, help="steps per case per repeat")
-    p.add_argument("--repeats", type=int, default=9, help="interleaved repeats (medians)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--steps", type=int, default=4, help="steps per case per repeat")
+    p.add_argument("--repeats", type=int, default=6, help="interleaved repeats (medians)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (1: on a shared 2-core machine, 2 threads made every "
+                        "op wait for the busy core, 3-4x slower and noisy; 0 = torch's default)")
     return p
 
 
@@ -264,7 +266,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"{MODEL}: embed_dim {args.embed_dim}, depth {args.depth}, heads {args.heads}, "
           f"input {args.img_size} / patch {args.patch_size} ({tokens} tokens), batch "
           f"{args.batch_size}, rank {args.rank}; {args.steps} steps x {args.repeats} interleaved "
-          f"repeats; torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
+          f"repeats; torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU\n")
     start = time.perf_counter()
     a, b, naive_diff = bench_training(args, x, y)
     print("(a) train step (forward + backward + AdamW), ratio vs full fine-tuning:\n")
