@@ -25,7 +25,7 @@ import glora
 import vtab
 from glora.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_subnet,
                               subnet_document, versions)
-from glora.config import add_common_args, config_dict, parse_args, write_yaml
+from glora.config import add_common_args, config_dict, parse_args, sigterm_as_interrupt, write_yaml
 from glora.engine import evaluate
 from glora.merge import CandidateModel, export_timm_folder
 from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
@@ -204,7 +204,11 @@ def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
     args = parse_args(get_args_parser(), argv)
     try:
-        main(args)
+        with sigterm_as_interrupt():
+            main(args)
+    except KeyboardInterrupt:
+        raise SystemExit(f"interrupted; the search state of the last finished generation is in "
+                         f"{Path(args.save_path) / 'search_state.json'}; continue with --resume") from None
     except (vtab.DataError, WeightsError, CheckpointError, BudgetError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
 

@@ -23,7 +23,7 @@ import glora
 import vtab
 from glora.checkpoint import (CheckpointError, atomic_torch_save, check_compatible, load_checkpoint,
                               load_subnet, versions)
-from glora.config import add_common_args, config_dict, parse_args, write_yaml
+from glora.config import add_common_args, config_dict, parse_args, sigterm_as_interrupt, write_yaml
 from glora.engine import NonFiniteLossError, evaluate, evaluate_subnets, train_one_epoch
 from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
 from glora.space import sample_choice
@@ -41,11 +41,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-lr", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--eval-every", type=int, default=100, help="validate every N epochs (and at the end)")
+    parser.add_argument("--save-every", type=int, default=1,
+                        help="write the resumable checkpoint every N epochs (and at each validation)")
     parser.add_argument("--eval-subnets", type=int, default=3,
                         help="number of fixed seeded subnets averaged at each supernet validation")
     parser.add_argument("--full-finetune", action="store_true",
                         help="baseline: no GLoRA, every backbone weight trains")
     return parser
+
+
+# A resumed run must keep these: timm's scheduler restores its own length and warm-up.
+SCHEDULE_KEYS = ("epochs", "warmup_epochs", "warmup_lr", "min_lr", "lr")
 
 
 class Run:
@@ -107,6 +113,10 @@ class Run:
         check_compatible(ckpt, {"model": a.model, "model_kwargs": dict(a.model_kwargs), "rank": a.rank,
                                 "protocol": a.protocol, "dataset": self.task.name, "mode": self.mode},
                          self.ckpt_path)
+        schedule = {k: ckpt["config"].get(k) for k in SCHEDULE_KEYS}
+        if schedule != {k: getattr(a, k) for k in SCHEDULE_KEYS}:
+            raise CheckpointError(f"{self.ckpt_path} was trained with {schedule}; resume with the same "
+                                  "schedule (the restored scheduler keeps its own length)")
         glora.load_trained_state(self.model, ckpt["state_dict"], full=self.mode == "full")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -134,7 +144,7 @@ def load_data(args: argparse.Namespace, run: Run, device: torch.device):
 
 
 def fit(run: Run, train_loader, val_loader) -> None:
-    """The epoch loop: train, step the schedule, validate and checkpoint every ``eval_every``."""
+    """The epoch loop: train, step the schedule, validate every ``eval_every``, checkpoint."""
     args, device = run.args, run.device
     amp = autocast_dtype(args.precision, device)
     while run.epoch < args.epochs:
@@ -151,10 +161,11 @@ def fit(run: Run, train_loader, val_loader) -> None:
             if run.epoch % args.eval_every == 0 or run.epoch == args.epochs:
                 val = run.validate(val_loader)
                 record.update({"split": run.splits["search"], **{f"val_{k}": v for k, v in val.items()}})
-                atomic_torch_save(run.payload(), run.ckpt_path)
                 print(f"epoch {run.epoch}: loss {stats['loss']:.4f}  {run.splits['search']} acc1 "
                       f"{val['acc1']:.2f}  -> {run.ckpt_path}", flush=True)
             append_jsonl(run.log_path, record)
+            if "split" in record or run.epoch % args.save_every == 0:
+                atomic_torch_save(run.payload(), run.ckpt_path)
         except KeyboardInterrupt:
             atomic_torch_save(snapshot, run.ckpt_path)
             raise SystemExit(f"interrupted in epoch {snapshot['epoch'] + 1}; saved the state at its start "
@@ -192,7 +203,8 @@ def main(args: argparse.Namespace) -> None:
           f"{len(run.layer_names)} GLoRA layers, {trainable:,} trainable tensors' elements, device {device}")
     start = time.time()
     try:
-        fit(run, train_loader, val_loader)
+        with sigterm_as_interrupt():  # pre-emption saves like Ctrl-C
+            fit(run, train_loader, val_loader)
     except NonFiniteLossError as err:
         kept = f"kept the last good checkpoint {run.ckpt_path}" if run.ckpt_path.exists() else "no checkpoint was written"
         raise SystemExit(f"error: {err}; stopped, {kept}") from None

@@ -1,13 +1,12 @@
 """Supernet training throughput: our data path and GLoRA sampling vs the original-style path.
 
-    python benchmarks/bench_supernet.py            # CPU defaults: tiny ViT, 256 images, ~2 min
-    python benchmarks/bench_supernet.py --device cuda --model vit_base_patch16_224_in21k \
-        --model-kwargs '{}' --input-size 224 --images 1000 --source-size 224 --workers 8 \
-        --cases glora,glora-fp32,pil,full --rounds 1 --seconds 24        # what gpu_check.sh runs
+    python benchmarks/bench_supernet.py    # CPU defaults: tiny ViT, 256 images, about 3 min
+    bash benchmarks/gpu_check.sh           # ViT-B/16, 1,000 images at 224, on a GPU (flags there)
 
 Generates a NOAH-layout task (``--images`` JPEGs of ``--source-size`` pixels, ``train800.txt``)
 in a temporary folder and trains on it with ``glora.engine.train_one_epoch`` (batch 64, shuffle,
-drop_last, AdamW lr 1e-4 wd 1e-4, random init, drop_path 0.1, rank 4). Cases (``--cases``):
+drop_last, AdamW lr 1e-4 wd 1e-4, fused on CUDA as in supernet.py, random init, drop_path 0.1,
+rank 4). Cases (``--cases``):
 
   glora       ours: decode once (vtab.load_split) + vtab.Loader resident on --device, GLoRA
               supernet sampling, --precision (auto = bf16 autocast on CUDA, fp32 on the CPU)
@@ -18,7 +17,7 @@ drop_last, AdamW lr 1e-4 wd 1e-4, random init, drop_path 0.1, rank 4). Cases (``
   full        the same ViT fully fine-tuned (no GLoRA), our data path, --precision
 
 Each case runs in ``--rounds`` chunks of ``--seconds / --rounds`` timed seconds (whole epochs),
-the cases alternating, each chunk on a freshly built model after one untimed warm-up step; a
+the cases alternating, each chunk on a freshly built model after two untimed warm-up steps; a
 ratio is the median over rounds of the paired per-round ratios to the first case. Peak memory:
 torch.cuda.max_memory_allocated per case on CUDA; the process's peak RSS (and its DataLoader
 workers') on the CPU.
@@ -174,7 +173,8 @@ def build_trainee(args: argparse.Namespace, case: Case, device: torch.device):
         glora.set_subnet(model, None, seed=args.seed)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    return model, torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+    # As supernet.py: the fused AdamW kernel on CUDA (every case, so only data/precision differ).
+    return model, torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, fused=device.type == "cuda")
 
 
 def make_loader(args: argparse.Namespace, case: Case, data: Data, device: torch.device):
@@ -197,7 +197,7 @@ def run_chunk(args: argparse.Namespace, case: Case, data: Data, device: torch.de
         torch.cuda.reset_peak_memory_stats(device)
     model, optimizer = build_trainee(args, case, device)
     loader = make_loader(args, case, data, device)
-    warm = DeviceBatches([data.warm_batch], device)  # one untimed step: kernels, AdamW state
+    warm = DeviceBatches([data.warm_batch] * 2, device)  # untimed: kernels, AdamW state, allocator
     train_one_epoch(model, warm, optimizer, device, 0, case.amp, progress=False)
     images, epoch, start = 0, 0, time.perf_counter()
     while epoch == 0 or time.perf_counter() - start < seconds:
@@ -280,7 +280,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=str, default="glora,pil,full", help=f"comma list of {CASES}")
     p.add_argument("--workers", type=str, default="0,2", help="DataLoader workers of pil, comma list")
     p.add_argument("--seconds", type=float, default=20, help="timed seconds per case (all rounds)")
-    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
+    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (0 = torch's default; 1 suits a shared 2-core CPU)")
     p.add_argument("--seed", type=int, default=0)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -97,8 +97,3 @@ def evaluate_subnets(model: nn.Module, loader: Iterable, device: torch.device,
     return {"acc1": sum(accs) / len(accs), "acc1_per_subnet": accs,
             "loss": sum(r["loss"] for r in results) / len(results)}
 
-
-def no_grad_eval_fn(model: nn.Module, loader: Iterable, device: torch.device,
-                    amp_dtype: torch.dtype | None = None) -> Callable[[], float]:
-    """A zero-argument closure returning top-1 of the model's current state (for the search)."""
-    return lambda: evaluate(model, loader, device, amp_dtype)["acc1"]

@@ -47,8 +47,8 @@
 #             let supernet.py --resume check the checkpoint's compatibility).
 #   search    done when RUNS/T/<B>M_seed<S>/results.json exists; a search_state.json without
 #             it is continued with --resume.
-# Each step prints one status line (skip/resume/run). Logs, appended to: RUNS/T/supernet.log
-# and RUNS/T/<B>M_seed<S>.log. A failed step does not stop the other tasks; at the end a summary
+# Each step prints a status line (skip/resume/run), and another when its command ends
+# (ok/FAILED/interrupted). Logs, appended to: RUNS/T/supernet.log and RUNS/T/<B>M_seed<S>.log. A failed step does not stop the other tasks; at the end a summary
 # lists what is done and what failed (with its log), then the report is written to RUNS
 # (report.md, report.csv; output in RUNS/report.log) if any results.json exists.
 # Exit status: 0 all done, 1 something failed, 2 usage error, 130 interrupted (Ctrl-C or

@@ -83,7 +83,7 @@ def test_interrupted_search_resumes_to_the_same_result(trained, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(evolution, "evaluate", flaky)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(SystemExit, match="search_state.json; continue with --resume"):
             search(trained, "resumed", *SMALL_SEARCH)
     state = json.loads((trained / "resumed" / "search_state.json").read_text())
     assert state["generation"] == 1

@@ -100,6 +100,20 @@ def test_resume_with_different_rank_or_protocol_is_refused(setup):
         run(setup, "out", "--resume", "--protocol", "paper")
 
 
+def test_resume_with_a_different_schedule_is_refused(setup):
+    run(setup, "out", "--epochs", "2")
+    with pytest.raises(SystemExit, match=r"resume with the same schedule"):
+        run(setup, "out", "--resume", "--epochs", "6")
+
+
+def test_checkpoint_is_written_every_epoch_by_default(setup, monkeypatch):
+    with monkeypatch.context() as m:
+        interrupt_at(m, 4)
+        with pytest.raises(SystemExit):
+            run(setup, "out", "--eval-every", "100")
+    assert torch.load(setup / "out" / "eurosat.pt", weights_only=True)["epoch"] == 3
+
+
 def test_resume_without_checkpoint_or_with_corrupt_one(setup):
     with pytest.raises(SystemExit, match="checkpoint not found"):
         run(setup, "nothing", "--resume")
