@@ -19,7 +19,7 @@ def test_demo_script_end_to_end_reduced(tmp_path):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, RUNS=str(tmp_path / "runs"), DATA=str(tmp_path / "data"),
                BACKBONE=str(tmp_path / "bb"), CONFIG=str(tmp_path / "cfg.yaml"), TASKS="mini_digits",
-               EPOCHS="1", WARMUP="0", BUDGET="0.004", BUILD_ARGS="--tasks mini_digits",
+               SUPERNET_EPOCHS="1", EPOCHS="1", WARMUP="0", BUDGET="0.004", BUILD_ARGS="--tasks mini_digits",
                SEARCH_ARGS="--population-num 4 --select-num 2 --mutation-num 2 --crossover-num 2 --max-epochs 1")
     run = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]

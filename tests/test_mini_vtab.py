@@ -108,12 +108,13 @@ def test_source_task_heads_balanced():
         assert len(counts) == k and counts.max() - counts.min() <= 1
 
 
-def test_recolour_permutes_or_inverts_channels():
-    images = torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8)
+def test_recolour_permutes_channels():
+    images = torch.randint(0, 256, (16, 3, 4, 4), dtype=torch.uint8)
     out = pretrain.recolour(images, torch.Generator().manual_seed(0))
     for x, y in zip(images, out):
-        for channel in y:
-            assert any(torch.equal(channel, c) or torch.equal(channel, 255 - c) for c in x)
+        assert sorted(c.sum().item() for c in x) == sorted(c.sum().item() for c in y)
+        assert all(any(torch.equal(channel, c) for c in x) for channel in y)
+    assert not torch.equal(images, out)
 
 
 def test_backbone_file_has_no_head_and_loads_into_timm(backbone):
@@ -150,3 +151,12 @@ def test_probe_reports_both_backbones(built, backbone):
     assert 0 <= rows[0]["pretrained"] <= 100 and 0 <= rows[0]["random_init"] <= 100
     table = mini_probe.markdown_table(rows)
     assert table.splitlines()[0].startswith("| task |") and "| mean |" in table
+
+
+def test_cli_build_without_backbone(tmp_path):
+    args = mini.get_args_parser().parse_args(
+        ["build", "--data-path", str(tmp_path), "--tasks", "mini_loc", "--no-backbone"])
+    mini.main(args)
+    assert [len((tmp_path / "mini_loc" / f"{n}.txt").read_text().splitlines())
+            for n in mini.LIST_FILES] == [800, 200, 1000, 1000]
+    assert not (tmp_path / "tiny_vit").exists()

@@ -6,10 +6,11 @@
 - mini_ori:    one asymmetric sprite; label = its orientation over 0..360 degrees in 8 bins of
                45 degrees centred on 0, 45, ..., 315 (0 = pointing right), like dsprites_ori.
 
-The procedural tasks vary what the label does not depend on (background colour and gradient,
-object colours, sizes, shapes, fill patterns, pixel noise) so that a classifier has to learn
-the labelled factor. Labels are balanced exactly (n // k per class, the remainder to the first
-classes) and shuffled.
+The procedural tasks vary what the label does not depend on (background tint and gradient,
+object hue and brightness, sizes, shapes, rotation, fill patterns, pixel noise) so that a
+classifier has to learn the labelled factor; objects are always brighter than the dark
+background (see `mini_render.random_colour`). Labels are balanced exactly (n // k per class,
+the remainder to the first classes) and shuffled.
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ def balanced_labels(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     return rng.permutation(np.arange(n) % k).astype(np.int64)
 
 
-def _fill(rng: np.random.Generator, img: np.ndarray, cover: np.ndarray,
-          colour: np.ndarray, pattern: str) -> np.ndarray:
+def _fill(rng: np.random.Generator, img: np.ndarray, cover: np.ndarray, colour: np.ndarray,
+          background: np.ndarray, pattern: str) -> np.ndarray:
     """Paint a sprite with a solid colour or a two-colour stripe/checker pattern."""
     if pattern == "solid":
         return R.paint(img, cover, colour)
@@ -43,7 +44,7 @@ def _fill(rng: np.random.Generator, img: np.ndarray, cover: np.ndarray,
         bars = R.stripes(SIZE, rng.uniform(0, np.pi), rng.uniform(2.5, 4.0), rng.random())
     else:  # checker
         bars = R.checker(SIZE, int(rng.integers(2, 4)), tuple(rng.integers(0, 4, 2)))
-    second = np.clip(colour * rng.uniform(0.3, 0.7), 0, 1)  # darker shade: shape stays visible
+    second = R.random_colour(rng, background, 0.2, other=colour)  # visible pattern
     return R.paint(img, cover, colour * bars[..., None] + second * (1 - bars[..., None]))
 
 
@@ -81,10 +82,11 @@ def render_loc(rng: np.random.Generator, label: int) -> np.ndarray:
     y = rng.uniform(lo, hi)
     img = R.background(rng, SIZE)
     shape = R.SHAPES[LOC_SHAPES[rng.integers(len(LOC_SHAPES))]]
-    cover = R.mask(R.place(shape, (x, y), rng.uniform(2.5, 4.5), rng.uniform(0, 2 * np.pi)),
+    cover = R.mask(R.place(shape, (x, y), rng.uniform(3.0, 5.0), rng.uniform(0, 2 * np.pi)),
                    SIZE)
     pattern = ("solid", "stripes", "checker")[rng.integers(3)]
-    img = _fill(rng, img, cover, R.random_colour(rng, img.mean((0, 1))), pattern)
+    ref = img.mean((0, 1))
+    img = _fill(rng, img, cover, R.random_colour(rng, ref), ref, pattern)
     return R.to_uint8(R.add_noise(rng, img, rng.uniform(0.0, 0.05)))
 
 
@@ -96,7 +98,8 @@ def render_ori(rng: np.random.Generator, label: int) -> np.ndarray:
     shape = R.SHAPES[ORI_SHAPES[rng.integers(len(ORI_SHAPES))]]
     vertices = R.place(shape, tuple(centre), rng.uniform(7.0, 11.0), np.deg2rad(degrees))
     pattern = ("solid", "checker")[rng.integers(2)]  # no stripes: they would add a 2nd angle
-    img = _fill(rng, img, R.mask(vertices, SIZE), R.random_colour(rng, img.mean((0, 1))), pattern)
+    ref = img.mean((0, 1))
+    img = _fill(rng, img, R.mask(vertices, SIZE), R.random_colour(rng, ref), ref, pattern)
     return R.to_uint8(R.add_noise(rng, img, rng.uniform(0.0, 0.05)))
 
 
@@ -106,7 +109,7 @@ RENDERERS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
 
 
 def generate(task: str, n: int, seed: "int | list[int]",
-             progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+             progress: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`n` images uint8 (n, 32, 32, 3) and balanced labels (n,) of a procedural task."""
     if task not in RENDERERS:
         raise ValueError(f"no generator for {task!r}; expected one of {', '.join(RENDERERS)}")

@@ -8,8 +8,10 @@ global RNG, which is what makes every generated file reproducible from a seed.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 SUPERSAMPLE = 4
 
@@ -54,47 +56,77 @@ SHAPES: dict[str, np.ndarray] = {
 
 
 def place(shape: np.ndarray, centre: tuple[float, float], radius: float,
-          angle: float, stretch: float = 1.0) -> np.ndarray:
-    """Vertices of `shape` stretched along x, rotated by `angle` (radians, counter-clockwise on
-    screen), scaled to `radius` pixels and moved to `centre` (x, y)."""
-    p = shape * np.array([stretch, 1.0]) / max(stretch, 1.0)
+          angle: float) -> np.ndarray:
+    """Vertices of `shape` rotated by `angle` (radians, counter-clockwise on screen), scaled to
+    `radius` pixels and moved to `centre` (x, y)."""
     c, s = np.cos(angle), np.sin(angle)
     # y points down on screen, so a counter-clockwise turn uses -angle in image coordinates.
     rot = np.array([[c, s], [-s, c]])
-    return p @ rot.T * radius + np.asarray(centre)
+    return shape @ rot.T * radius + np.asarray(centre)
 
 
-def mask(vertices: np.ndarray, size: int, outline: float = 0.0) -> np.ndarray:
-    """Anti-aliased coverage (size, size) in [0, 1] of a polygon given in pixel coordinates."""
+def mask(vertices: np.ndarray, size: int) -> np.ndarray:
+    """Anti-aliased coverage (size, size) in [0, 1] of a filled polygon in pixel coordinates."""
     s = SUPERSAMPLE
     canvas = Image.new("L", (size * s, size * s), 0)
-    xy = [(float(x), float(y)) for x, y in vertices * s]
-    draw = ImageDraw.Draw(canvas)
-    if outline > 0:
-        draw.polygon(xy, outline=255, width=max(1, round(outline * s)))
-    else:
-        draw.polygon(xy, fill=255)
+    ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in vertices * s], fill=255)
     return np.asarray(canvas.reduce(s), dtype=np.float32) / 255.0
 
 
-def random_colour(rng: np.random.Generator, avoid: np.ndarray | None = None,
-                  min_dist: float = 0.35) -> np.ndarray:
-    """A random RGB colour at least `min_dist` (Euclidean, [0,1] units) from `avoid`."""
+@lru_cache(maxsize=None)
+def _font(pixels: int) -> ImageFont.FreeTypeFont:
+    # Pillow's embedded font (Aileron): no system font needed, the same on every machine.
+    return ImageFont.load_default(size=pixels)
+
+
+def text_mask(char: str, centre: tuple[float, float], height: float, angle: float,
+              size: int) -> np.ndarray:
+    """Anti-aliased coverage (size, size) of one character of font size `height` pixels,
+    centred at `centre` (x, y) and turned by `angle` (radians, counter-clockwise)."""
+    s = SUPERSAMPLE
+    cx, cy = centre[0] * s, centre[1] * s
+    canvas = Image.new("L", (size * s, size * s), 0)
+    ImageDraw.Draw(canvas).text((cx, cy), char, fill=255, font=_font(round(height * s)),
+                                anchor="mm")
+    canvas = canvas.rotate(float(np.degrees(angle)), Image.Resampling.BILINEAR, center=(cx, cy))
+    return np.asarray(canvas.reduce(s), dtype=np.float32) / 255.0
+
+
+def luminance(colour: np.ndarray) -> float:
+    """Rec. 601 luma of an RGB colour in [0, 1]."""
+    return float(colour @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+
+
+def random_colour(rng: np.random.Generator, background: np.ndarray, min_contrast: float = 0.35,
+                  other: np.ndarray | None = None, min_diff: float = 0.2) -> np.ndarray:
+    """A random RGB colour whose luma exceeds `background`'s by at least `min_contrast` (and,
+    if given, differs from `other`'s by at least `min_diff`).
+
+    Objects are always brighter than the background (as in dSprites or MNIST): with both
+    polarities a ViT trained from scratch on a CPU budget spends most of it on the polarity.
+    The hue stays free, so colour is still a nuisance factor.
+    """
+    floor = min(luminance(background) + min_contrast, 1.0)
     for _ in range(100):
         c = rng.random(3).astype(np.float32)
-        if avoid is None or np.linalg.norm(c - avoid) >= min_dist:
-            return c
-    return (1.0 - avoid).astype(np.float32)  # the complement is always far enough
+        if luminance(c) < floor:  # too dark: blend towards white up to a random luma >= floor
+            target = rng.uniform(floor, 1.0)
+            c = c + (1.0 - c) * (target - luminance(c)) / (1.0 - luminance(c))
+        if other is None or abs(luminance(c) - luminance(other)) >= min_diff:
+            return c.astype(np.float32)
+    return np.ones(3, dtype=np.float32)  # unreachable in practice
 
 
 def background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Random base colour with a linear gradient of random direction and strength."""
-    base = rng.random(3).astype(np.float32)
+    """A dark, weakly tinted background (luma <= ~0.35) with a linear gradient of random
+    direction."""
+    base = rng.uniform(0.0, 0.25)
+    colour = np.clip(base + rng.uniform(-0.1, 0.1, size=3), 0, 1).astype(np.float32)
     theta = rng.uniform(0, 2 * np.pi)
     ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)
     g = np.cos(theta) * ramp[None, :] + np.sin(theta) * ramp[:, None]  # (size, size)
-    tint = rng.uniform(-0.4, 0.4, size=3).astype(np.float32)
-    return np.clip(base + g[..., None] * tint, 0.0, 1.0)
+    tint = rng.uniform(-0.15, 0.15, size=3).astype(np.float32)
+    return np.clip(colour + g[..., None] * tint, 0.0, 1.0)
 
 
 def stripes(size: int, angle: float, period: float, phase: float) -> np.ndarray:
