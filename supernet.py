@@ -200,7 +200,8 @@ def main(args: argparse.Namespace) -> None:
     write_yaml(out / f"{run.task.name}_args.yaml", config_dict(args))
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     print(f"{run.mode} on {run.task.name} ({run.splits['train']}: {len(train_loader.split)} images), "
-          f"{len(run.layer_names)} GLoRA layers, {trainable:,} trainable tensors' elements, device {device}")
+          f"{len(run.layer_names)} GLoRA layers, {trainable:,} trainable parameters "
+          f"(all supernet storage + head), device {device}")
     start = time.time()
     try:
         with sigterm_as_interrupt():  # pre-emption saves like Ctrl-C
