@@ -29,19 +29,29 @@ import vtab  # noqa: E402
 TASK = "cifar"  # any registered task; labels are i % 100
 
 
-def make_task(root: Path, images: int, width: int, height: int, seed: int = 0) -> Path:
-    """Write ``images`` smooth random JPEGs (JPEG-friendly, like photos) and a train800.txt."""
+def make_task(root: Path, images: int, width: int, height: int, seed: int = 0,
+              coarse: int = 25, tint: bool = False) -> Path:
+    """Write ``images`` smooth random JPEGs (JPEG-friendly, like photos) and a train800.txt.
+
+    ``coarse`` is the pixel size of the noise grid; ``tint`` colours each image by its label
+    (i % 100), so a model can learn the task.
+    """
     folder = root / TASK
     (folder / "images").mkdir(parents=True)
 
     def write(i: int) -> str:
         rng = np.random.default_rng(seed + i)
-        coarse = Image.fromarray(rng.integers(0, 256, (height // 25, width // 25, 3), np.uint8))
-        image = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.int16)
-        image = image + rng.integers(-12, 13, image.shape, dtype=np.int16)  # texture
+        label = i % 100
+        grid = (max(height // coarse, 2), max(width // coarse, 2), 3)
+        coarse_image = Image.fromarray(rng.integers(0, 256, grid, np.uint8))
+        image = np.asarray(coarse_image.resize((width, height), Image.BICUBIC), dtype=np.int16)
+        if tint:
+            image = image + (np.array([(label * 37) % 256, (label * 91) % 256, (label * 53) % 256]) - 128) // 2
+        else:
+            image = image + rng.integers(-12, 13, image.shape, dtype=np.int16)  # texture
         name = f"images/{i:05d}.jpg"
         Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / name, quality=90)
-        return f"{name} {i % 100}"
+        return f"{name} {label}"
 
     with ThreadPoolExecutor() as pool:
         lines = list(pool.map(write, range(images)))

@@ -32,21 +32,18 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
 import glora  # noqa: E402
 import vtab  # noqa: E402
 from glora.engine import train_one_epoch  # noqa: E402
 from glora.model import autocast_dtype, build_model, resolve_device  # noqa: E402
+from bench_data import TASK, PerItemDataset, make_task  # noqa: E402  (same folder)
 
-TASK = "cifar"  # a registered 100-class task; label = image index % 100
 TINY_KWARGS = '{"patch_size": 4, "embed_dim": 192, "depth": 4, "num_heads": 3}'
 CASES = ("glora", "glora-fp32", "pil", "full")
 
@@ -66,43 +63,6 @@ class Case:
         what = "GLoRA supernet (sampling)" if self.glora else "full fine-tuning"
         precision = "fp32" if self.amp is None else f"{self.amp}".replace("torch.", "") + " autocast"
         return f"{what}, {data}, {precision}"
-
-
-def make_task(root: Path, images: int, size: int, seed: int = 0) -> Path:
-    """``images`` JPEGs (smooth noise tinted by class) in NOAH layout under ``root/TASK``."""
-    folder = root / TASK
-    (folder / "images").mkdir(parents=True)
-
-    def write(i: int) -> str:
-        rng = np.random.default_rng(seed + i)
-        label = i % 100
-        coarse = Image.fromarray(rng.integers(0, 256, (max(size // 8, 2),) * 2 + (3,), np.uint8))
-        pixels = np.asarray(coarse.resize((size, size), Image.BICUBIC), dtype=np.int16)
-        tint = np.array([(label * 37) % 256, (label * 91) % 256, (label * 53) % 256]) - 128
-        pixels = (pixels + tint // 2).clip(0, 255).astype(np.uint8)
-        name = f"images/{i:05d}.jpg"
-        Image.fromarray(pixels).save(folder / name, quality=90)
-        return f"{name} {label}"
-
-    with ThreadPoolExecutor() as pool:
-        lines = list(pool.map(write, range(images)))
-    (folder / "train800.txt").write_text("\n".join(lines) + "\n")
-    return folder
-
-
-class PilDataset(torch.utils.data.Dataset):
-    """The original per-item pipeline: decode, resize and normalise on every access."""
-
-    def __init__(self, folder: Path, split: vtab.Split, size: int):
-        self.items = [(folder / p, int(y)) for p, y in zip(split.paths, split.labels)]
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        path, label = self.items[i]
-        return vtab.pil_pipeline(path, self.size, "bicubic"), label
 
 
 class DeviceBatches:
@@ -130,7 +90,7 @@ class Data:
 
 
 def prepare_data(args: argparse.Namespace, root: Path, device: torch.device) -> Data:
-    folder = make_task(root, args.images, args.source_size)
+    folder = make_task(root, args.images, args.source_size, args.source_size, coarse=8, tint=True)
     start = time.perf_counter()
     split = vtab.load_split(root, TASK, "train800", args.input_size, progress=False)
     decode_seconds = time.perf_counter() - start
@@ -182,7 +142,7 @@ def make_loader(args: argparse.Namespace, case: Case, data: Data, device: torch.
         return vtab.Loader(data.split, args.batch_size, shuffle=True, drop_last=True,
                            seed=args.seed, device=device)
     loader = torch.utils.data.DataLoader(
-        PilDataset(data.folder, data.split, args.input_size), batch_size=args.batch_size,
+        PerItemDataset(data.folder, args.input_size), batch_size=args.batch_size,
         shuffle=True, drop_last=True, num_workers=case.pil_workers,
         pin_memory=device.type == "cuda")
     return DeviceBatches(loader, device)
