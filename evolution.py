@@ -116,7 +116,7 @@ def export_and_test(args, task, model, test_loader, device, out: Path) -> dict:
     """Test the chosen model, merge it, export it, reload it with plain timm and test again."""
     amp = autocast_dtype(args.precision, device)
     unmerged = evaluate(model, test_loader, device, amp)
-    merged = glora.merge_glora(copy.deepcopy(model).cpu()) if glora.glora_layers(model) else copy.deepcopy(model).cpu()
+    merged = glora.merge_glora(copy.deepcopy(model).cpu())  # a no-op for a fully fine-tuned model
     folder = export_timm_folder(merged, out / "merged", args.input_size, vtab.IMAGENET_DEFAULT_MEAN,
                                 vtab.IMAGENET_DEFAULT_STD)
     reloaded = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True).to(device)
@@ -146,19 +146,19 @@ def main(args: argparse.Namespace) -> None:
         check_budget(args.rank, glora.layer_shapes(model), round(args.min_param_limits * 1e6),
                      round(args.param_limits * 1e6))
     splits = vtab.PROTOCOLS[args.protocol]
-    search_loader, test_loader = (eval_loader(args, task, splits[k], device) for k in ("search", "test"))
+    # Under the paper protocol the search split is the test split: load it once.
+    loaders = {split: eval_loader(args, task, split, device) for split in {splits["search"], splits["test"]}}
+    search_loader, test_loader = loaders[splits["search"]], loaders[splits["test"]]
     start = time.time()
     if method == "glora":
         subnet, info = run_search(args, model, search_loader, device, out)
-    else:  # a fixed subnet or a fully fine-tuned model: no search, only its search-split score
-        if subnet is not None:
-            glora.set_subnet(model, subnet)
-        info = {"search_acc1": evaluate(model, search_loader, device, autocast_dtype(args.precision, device))["acc1"]}
     params = glora.count_params(model, subnet) if subnet is not None else sum(
         p.numel() for n, p in model.named_parameters() if not n.startswith("head."))
     if subnet is not None:
         glora.set_subnet(model, subnet)
         write_yaml(out / "subnet.yaml", subnet_document(names, subnet, args.rank, params, dataset=task.name))
+    if method != "glora":  # a fixed subnet or a fully fine-tuned model: only its search-split score
+        info = {"search_acc1": evaluate(model, search_loader, device, autocast_dtype(args.precision, device))["acc1"]}
     timer = {"search": time.time() - start}
     start = time.time()
     tested = export_and_test(args, task, model, test_loader, device, out)

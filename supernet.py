@@ -147,8 +147,8 @@ def fit(run: Run, train_loader, val_loader) -> None:
     """The epoch loop: train, step the schedule, validate every ``eval_every``, checkpoint."""
     args, device = run.args, run.device
     amp = autocast_dtype(args.precision, device)
+    snapshot = run.payload()  # exact state at the start of the current epoch, saved on Ctrl-C
     while run.epoch < args.epochs:
-        snapshot = run.payload()  # exact state at the start of this epoch, saved on Ctrl-C
         try:
             train_loader.set_epoch(run.epoch)
             stats = train_one_epoch(run.model, train_loader, run.optimizer, device, run.epoch + 1, amp,
@@ -164,8 +164,9 @@ def fit(run: Run, train_loader, val_loader) -> None:
                 print(f"epoch {run.epoch}: loss {stats['loss']:.4f}  {run.splits['search']} acc1 "
                       f"{val['acc1']:.2f}  -> {run.ckpt_path}", flush=True)
             append_jsonl(run.log_path, record)
+            snapshot = run.payload()  # built once: the checkpoint now, the Ctrl-C fallback next epoch
             if "split" in record or run.epoch % args.save_every == 0:
-                atomic_torch_save(run.payload(), run.ckpt_path)
+                atomic_torch_save(snapshot, run.ckpt_path)
         except KeyboardInterrupt:
             atomic_torch_save(snapshot, run.ckpt_path)
             raise SystemExit(f"interrupted in epoch {snapshot['epoch'] + 1}; saved the state at its start "
