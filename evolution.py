@@ -24,7 +24,7 @@ from tqdm import tqdm
 import glora
 import vtab
 from glora.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_subnet,
-                              subnet_document, versions)
+                              subnet_document, subnet_origin, versions)
 from glora.config import add_common_args, config_dict, parse_args, sigterm_as_interrupt, write_yaml
 from glora.engine import evaluate
 from glora.merge import CandidateModel, export_timm_folder
@@ -59,7 +59,7 @@ def load_model(args: argparse.Namespace, device: torch.device):
     ckpt_path = Path(args.load_path) / f"{task.name}.pt"
     ckpt = load_checkpoint(ckpt_path)
     check_compatible(ckpt, {"model": args.model, "model_kwargs": dict(args.model_kwargs), "rank": args.rank,
-                            "protocol": args.protocol, "dataset": task.name}, ckpt_path)
+                            "protocol": supernet_protocol(ckpt, args.protocol), "dataset": task.name}, ckpt_path)
     model = build_model(args.model, task.num_classes, args.pretrained, args.model_kwargs, drop_path_rate=0.0)
     if ckpt["mode"] != "full":
         glora.inject_glora(model, args.rank)
@@ -68,14 +68,23 @@ def load_model(args: argparse.Namespace, device: torch.device):
     return task, ckpt, model.to(device).eval()
 
 
+def supernet_protocol(ckpt: dict, protocol: str) -> str:
+    """The protocol a checkpoint must record: `val` and `retrain` share one supernet and search
+    (train800, scored on val200), so a supernet of either serves both."""
+    shared = ("val", "retrain")
+    if ckpt.get("mode") == "supernet" and protocol in shared and ckpt.get("protocol") in shared:
+        return ckpt["protocol"]
+    return protocol
+
+
 def choose_fixed(args, ckpt, layer_names) -> tuple[list | None, str]:
     """The subnet to export without search, if any, and the method label for results.json."""
     if ckpt["mode"] == "full":
         return None, "full_finetune"
     if args.subnet:
-        return load_subnet(args.subnet, layer_names, args.rank), Path(args.subnet).stem
+        return load_subnet(args.subnet, layer_names, args.rank), subnet_origin(args.subnet)["method"]
     if ckpt["mode"] == "subnet":
-        return ckpt["subnet"], ckpt["config"].get("subnet") or "subnet"
+        return ckpt["subnet"], ckpt.get("method") or ckpt["config"].get("subnet") or "subnet"
     return None, "glora"
 
 
@@ -156,7 +165,9 @@ def main(args: argparse.Namespace) -> None:
         p.numel() for n, p in model.named_parameters() if not n.startswith("head."))
     if subnet is not None:
         glora.set_subnet(model, subnet)
-        write_yaml(out / "subnet.yaml", subnet_document(names, subnet, args.rank, params, dataset=task.name))
+        write_yaml(out / "subnet.yaml", subnet_document(names, subnet, args.rank, params, dataset=task.name,
+                                                        method=method, protocol=args.protocol,
+                                                        param_limit_M=budget_limit(args, ckpt, method)))
     if method != "glora":  # a fixed subnet or a fully fine-tuned model: only its search-split score
         info = {"search_acc1": evaluate(model, search_loader, device, autocast_dtype(args.precision, device))["acc1"]}
     timer = {"search": time.time() - start}
@@ -169,16 +180,35 @@ def main(args: argparse.Namespace) -> None:
           f"{results['search_acc1']:.2f}, test acc1 {results['test_acc1']:.2f} -> {out}")
 
 
+SPLIT_PARTS = {"train800val200": ("train800", "val200")}
+
+
+def budget_limit(args, ckpt, method: str) -> float | None:
+    """The parameter limit (M) a GLoRA subnet was searched under: this search's, or the one its
+    training checkpoint recorded from the search's subnet.yaml."""
+    if method == "glora" and ckpt["mode"] == "supernet":
+        return args.param_limits
+    return ckpt.get("param_limit_M")
+
+
 def make_results(args, task, ckpt, method, params, splits, info, tested, timer, model) -> dict:
     """The results.json record (format in notes/INTERFACES.md)."""
     stats = info.pop("stats", {})
     draws = stats.get("plain_draws", 0)
+    searched = ckpt["mode"] == "supernet"
+    # weights: "supernet" = used as the supernet trained them (the paper's way); "trained" = a fixed
+    # subnet or baseline trained on its own, from a fresh init or from a supernet's tensors.
+    trained_on = ckpt.get("splits", {}).get("train", splits["train"])
     return {"dataset": task.name, "group": task.group, "method": method, "protocol": args.protocol,
+            "weights": "supernet" if searched else "trained",
+            "init": "inherited" if searched else ckpt.get("init", "fresh"),
+            "splits": {"train": trained_on, "search": splits["search"], "test": splits["test"]},
+            "search_split_in_training": splits["search"] in SPLIT_PARTS.get(trained_on, (trained_on,)),
             "selection_split": splits["search"], "search_acc1": info.pop("search_acc1"), **tested,
             "params": params, "params_M": params / 1e6,
             "head_params": sum(p.numel() for n, p in model.named_parameters() if n.startswith("head.")),
-            "param_limit_M": args.param_limits if method == "glora" else None,
-            "min_param_limit_M": args.min_param_limits if method == "glora" else None,
+            "param_limit_M": budget_limit(args, ckpt, method),
+            "min_param_limit_M": args.min_param_limits if searched else None,
             "rank": args.rank, "seed": args.seed, "supernet_seed": ckpt["config"].get("seed"),
             "supernet_epochs": ckpt["epoch"], "model": args.model, "model_kwargs": dict(args.model_kwargs),
             "search": {**info, "stats": stats,

@@ -22,9 +22,10 @@ from timm.scheduler import CosineLRScheduler
 import glora
 import vtab
 from glora.checkpoint import (CheckpointError, atomic_torch_save, check_compatible, load_checkpoint,
-                              load_subnet, versions)
+                              load_subnet, subnet_origin, versions)
 from glora.config import add_common_args, config_dict, parse_args, sigterm_as_interrupt, write_yaml
-from glora.engine import NonFiniteLossError, evaluate, evaluate_subnets, train_one_epoch
+from glora.engine import (NonFiniteLossError, evaluate, evaluate_subnets, train_one_epoch,
+                          zero_fill_stepped_grads)
 from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
 from glora.space import sample_choice
 
@@ -47,6 +48,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="number of fixed seeded subnets averaged at each supernet validation")
     parser.add_argument("--full-finetune", action="store_true",
                         help="baseline: no GLoRA, every backbone weight trains")
+    parser.add_argument("--init-from", type=str, default=None,
+                        help="start a fixed subnet's tensors and the head from this supernet checkpoint "
+                             "(the .pt file or its --save_path folder) instead of a fresh init")
+    parser.add_argument("--unused-supports", type=str, default="update", choices=("update", "freeze"),
+                        help="update (the original): gradients are zero-filled, so AdamW keeps moving "
+                             "supports the sampled path did not use; freeze: they stand still")
+    parser.set_defaults(dataset="caltech101")  # the original supernet.py's default
     return parser
 
 
@@ -60,8 +68,12 @@ class Run:
     def __init__(self, args: argparse.Namespace, device: torch.device):
         self.args, self.device = args, device
         self.task = vtab.resolve_task(args.dataset)
-        self.splits = vtab.PROTOCOLS[args.protocol]
         self.mode = "full" if args.full_finetune else ("subnet" if args.subnet else "supernet")
+        protocol = vtab.PROTOCOLS[args.protocol]
+        # A supernet trains on the protocol's supernet split; a fixed subnet or baseline on its
+        # final-training split (train800val200 under `retrain`).
+        train = protocol["train"] if self.mode == "supernet" else protocol["fit"]
+        self.splits = {"train": train, "search": protocol["search"], "test": protocol["test"]}
         self.model = build_model(args.model, self.task.num_classes, args.pretrained,
                                  args.model_kwargs, args.drop_path)
         self.layer_names: list[str] = []
@@ -69,19 +81,25 @@ class Run:
         if self.mode != "full":
             self.layer_names = glora.inject_glora(self.model, args.rank)
             glora.mark_trainable(self.model)
+        self.origin = {"method": "full_finetune" if self.mode == "full" else "glora", "param_limit_M": None}
         if self.mode == "subnet":
             self.subnet = load_subnet(args.subnet, self.layer_names, args.rank)
+            self.origin = subnet_origin(args.subnet)
             glora.set_subnet(self.model, self.subnet)
             glora.freeze_unused(self.model)
         elif self.mode == "supernet":
             self.sampler = glora.set_subnet(self.model, None, seed=args.seed)
+        self.init = init_from_supernet(self, args.init_from) if args.init_from else {"init": "fresh"}
         self.model.to(device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         # The fused kernel on CUDA: one launch per step instead of one per tensor.
         self.optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,
                                            fused=device.type == "cuda")
-        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=args.epochs, lr_min=args.min_lr,
-                                           warmup_t=args.warmup_epochs, warmup_lr_init=args.warmup_lr)
+        # The floor and warm-up start never exceed the peak, so --lr 0 really freezes the weights
+        # (the original's absolute 1e-5 / 1e-6 would otherwise lift a smaller lr).
+        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=args.epochs,
+                                           lr_min=min(args.min_lr, args.lr), warmup_t=args.warmup_epochs,
+                                           warmup_lr_init=min(args.warmup_lr, args.lr))
         rng = random.Random(args.seed + 1)  # validation subnets: fixed for the whole run
         self.eval_subnets = [[sample_choice(rng, args.rank) for _ in self.layer_names]
                              for _ in range(args.eval_subnets)]
@@ -96,7 +114,8 @@ class Run:
 
     def payload(self) -> dict:
         a = self.args
-        return {"format_version": 1, "mode": self.mode, "state_dict": self.trained_state(),
+        return {"format_version": 1, "mode": self.mode, **self.origin, **self.init,
+                "state_dict": self.trained_state(),
                 "config": config_dict(a), "dataset": self.task.name, "protocol": a.protocol,
                 "splits": dict(self.splits), "rank": a.rank, "model": a.model,
                 "model_kwargs": dict(a.model_kwargs), "input_size": a.input_size,
@@ -111,14 +130,16 @@ class Run:
         ckpt = load_checkpoint(self.ckpt_path)
         a = self.args
         check_compatible(ckpt, {"model": a.model, "model_kwargs": dict(a.model_kwargs), "rank": a.rank,
-                                "protocol": a.protocol, "dataset": self.task.name, "mode": self.mode},
-                         self.ckpt_path)
+                                "protocol": a.protocol, "dataset": self.task.name, "mode": self.mode,
+                                "init": self.init["init"]}, self.ckpt_path)
         schedule = {k: ckpt["config"].get(k) for k in SCHEDULE_KEYS}
         if schedule != {k: getattr(a, k) for k in SCHEDULE_KEYS}:
             raise CheckpointError(f"{self.ckpt_path} was trained with {schedule}; resume with the same "
                                   "schedule (the restored scheduler keeps its own length)")
         glora.load_trained_state(self.model, ckpt["state_dict"], full=self.mode == "full")
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if a.unused_supports == "update":
+            zero_fill_stepped_grads(self.optimizer)  # the gradients an uninterrupted run would hold
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.sampler is not None:
             self.sampler.load_state_dict(ckpt["sampler"])
@@ -130,6 +151,31 @@ class Run:
         if self.mode == "supernet":
             return evaluate_subnets(self.model, loader, self.device, self.eval_subnets, self.sampler, amp)
         return evaluate(self.model, loader, self.device, amp)
+
+
+def init_from_supernet(run: Run, spec: str) -> dict:
+    """Start a fixed subnet's glora_* tensors and head from a supernet checkpoint; the record of it."""
+    a = run.args
+    if run.mode != "subnet":
+        raise CheckpointError("--init-from starts a fixed subnet (--subnet PRESET|FILE) from a supernet's "
+                              "trained tensors; it does not apply to a supernet or --full-finetune run")
+    path = Path(spec)
+    path = path / f"{run.task.name}.pt" if path.is_dir() else path
+    ckpt = load_checkpoint(path)
+    check_compatible(ckpt, {"model": a.model, "model_kwargs": dict(a.model_kwargs), "rank": a.rank,
+                            "dataset": run.task.name}, path)
+    if ckpt.get("mode") == "full":
+        raise CheckpointError(f"{path} is a full fine-tuning checkpoint; --init-from needs GLoRA tensors")
+    source = ckpt.get("protocol")
+    # The subnet was chosen on the source's search split; training on it here is only honest when
+    # this protocol selects on the same split (val and retrain share val200; paper uses test).
+    if source is not None and vtab.PROTOCOLS[source]["search"] != vtab.PROTOCOLS[a.protocol]["search"]:
+        raise CheckpointError(f"{path} was trained under protocol {source!r}, which selects on "
+                              f"{vtab.PROTOCOLS[source]['search']}; this run's protocol {a.protocol!r} "
+                              f"selects on {vtab.PROTOCOLS[a.protocol]['search']}")
+    glora.load_trained_state(run.model, ckpt["state_dict"])
+    return {"init": "inherited", "init_from": str(path), "init_epoch": ckpt.get("epoch"),
+            "init_protocol": source}
 
 
 def load_data(args: argparse.Namespace, run: Run, device: torch.device):
@@ -152,7 +198,8 @@ def fit(run: Run, train_loader, val_loader) -> None:
         try:
             train_loader.set_epoch(run.epoch)
             stats = train_one_epoch(run.model, train_loader, run.optimizer, device, run.epoch + 1, amp,
-                                    progress=args.progress)
+                                    progress=args.progress,
+                                    zero_fill_grads=args.unused_supports == "update")
             # As the original (FacT's loop): step with the finished epoch's index, so epoch e+1
             # trains at the schedule's value for e.
             run.scheduler.step(run.epoch)

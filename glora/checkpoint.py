@@ -13,7 +13,7 @@ from glora.space import PRESETS, preset_subnet, validate_choice
 
 FORMAT_VERSION = 1
 # What must agree between a checkpoint and the flags that try to use it.
-COMPAT_KEYS = ("model", "model_kwargs", "rank", "protocol", "dataset", "mode")
+COMPAT_KEYS = ("model", "model_kwargs", "rank", "protocol", "dataset", "mode", "init")
 
 
 class CheckpointError(RuntimeError):
@@ -106,6 +106,22 @@ def load_subnet(spec: str, layer_names: list[str], rank: int) -> list[dict]:
         return [validate_choice(layers[name], rank) for name in layer_names]
     except ValueError as err:
         raise CheckpointError(f"{path}: {err}") from None
+
+
+def subnet_origin(spec: str) -> dict:
+    """Where a fixed subnet comes from: ``method`` (the preset's name, the ``method`` a search wrote
+    into its ``subnet.yaml``, or the file's stem) and the search's ``param_limit_M`` if recorded."""
+    if spec in PRESETS:
+        return {"method": spec, "param_limit_M": None}
+    try:
+        data = yaml.safe_load(Path(spec).read_text())
+    except (OSError, yaml.YAMLError):
+        data = None
+    data = data if isinstance(data, dict) else {}
+    method = data.get("method")
+    limit = data.get("param_limit_M")
+    return {"method": method if isinstance(method, str) and method else Path(spec).stem,
+            "param_limit_M": float(limit) if isinstance(limit, (int, float)) else None}
 
 
 def subnet_document(layer_names: list[str], subnet: list[dict], rank: int, params: int,

@@ -24,8 +24,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="backbone weights: .npz (Google layout), .pth/.pt/.safetensors, or none")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank of the supernet supports")
-    parser.add_argument("--protocol", type=str, default="val", choices=("val", "paper"),
-                        help="val: train800 / search val200; paper: train800val200 / search test")
+    parser.add_argument("--protocol", type=str, default="val", choices=("val", "paper", "retrain"),
+                        help="val: train800 / search val200; paper: train800val200 / search test; "
+                             "retrain: as val, then the chosen subnet and baselines train on train800val200")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--eval-batch-size", type=int, default=256)
     parser.add_argument("--drop-path", type=float, default=0.1)

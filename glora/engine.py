@@ -29,10 +29,16 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, amp_dtype: torch.dtype | None = None,
-                    log_every: int = 10, progress: bool = True) -> dict[str, float]:
+                    log_every: int = 10, progress: bool = True,
+                    zero_fill_grads: bool = True) -> dict[str, float]:
     """One pass over ``loader`` with cross-entropy; stops on a non-finite loss.
 
     ``epoch`` is the 1-based number shown in the progress bar and in errors.
+
+    ``zero_fill_grads=True`` zeroes gradients in place between steps, as ``zero_grad()`` did in the
+    torch 1.10 the original code ran on: a support that has been used once keeps a (zero) gradient,
+    so AdamW moves it on every later step (momentum, weight decay) even when the sampled path does
+    not read it. ``False`` sets them to None, so unused supports stand still.
 
     The loss is accumulated on the device and read back only every ``log_every`` steps and at
     the end, so the step loop has no other host synchronisation.
@@ -44,7 +50,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     for x, y in bar:
         with _autocast(device, amp_dtype):
             loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=not zero_fill_grads)
         loss.backward()
         optimizer.step()
         total += loss.detach().float()
@@ -55,6 +61,18 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     bar.close()
     _check_finite(total, epoch, steps)
     return {"loss": total.item() / max(steps, 1), "lr": optimizer.param_groups[0]["lr"], "steps": steps}
+
+
+def zero_fill_stepped_grads(optimizer: torch.optim.Optimizer) -> None:
+    """Give every tensor the optimizer has stepped a zero gradient, as zero-filling leaves them.
+
+    With ``zero_fill_grads=True`` a tensor keeps a gradient once it has been used, so AdamW keeps
+    stepping it; a resumed run starts with no gradients and must restore that set to stay exact.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if optimizer.state.get(param) and param.grad is None:
+                param.grad = torch.zeros_like(param)
 
 
 def _check_finite(total: torch.Tensor, epoch: int, step: int) -> None:

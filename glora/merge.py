@@ -62,7 +62,8 @@ class CandidateModel:
     """A plain copy of a GLoRA model into which each search candidate is merged once.
 
     The copy has ordinary ``nn.Linear`` layers, so evaluating a candidate costs exactly what the
-    exported model will; only the per-layer merge (``W0 + W0⊙A + B``, …) runs per candidate.
+    exported model will; only the per-layer merge (``W0 + W0⊙A + B``, …) runs per candidate. A layer
+    without bias gets a zero bias in the copy, because a candidate using E or C gives it one.
     """
 
     def __init__(self, model: nn.Module):
@@ -72,6 +73,10 @@ class CandidateModel:
         for _, layer in glora_layers(plain):
             layer.set_choice({s: "none" for s in SUPPORTS})
         self.plain = merge_glora(plain)
+        for name in self.names:
+            target = self.plain.get_submodule(name)
+            if target.bias is None:  # (out,) zeros: adds nothing until a candidate writes a bias
+                target.bias = nn.Parameter(target.weight.new_zeros(target.out_features), requires_grad=False)
 
     @torch.no_grad()
     def load(self, subnet: Sequence[Mapping[str, str]]) -> nn.Module:
@@ -83,7 +88,9 @@ class CandidateModel:
             weight, bias = layer.merged_weight_bias(validate_choice(choice, layer.rank))
             target = self.plain.get_submodule(name)
             target.weight.copy_(weight)
-            if bias is not None:
+            if bias is None:  # a bias-free layer whose choice adds no bias
+                target.bias.zero_()
+            else:
                 target.bias.copy_(bias)
         return self.plain
 

@@ -5,9 +5,9 @@ No model, data or torch: randomness comes from a seeded ``random.Random``, fitne
 dicts (``glora.space``); its cost is ``space.subnet_params``; the budget is min <= params <= max.
 
 As the original (AutoFormer's evolution in GLoRA): a random population within the budget; then per
-generation ``mutation_num`` mutants of random all-time top-k parents (a gene is one layer's whole
-choice, re-drawn uniformly with probability ``m_prob``), ``crossover_num`` uniform crossovers (each
-layer from either parent) and random refills up to ``population_num``. A child outside the budget
+generation ``mutation_num`` mutants of random all-time top-k parents (a gene is one support of one
+layer, re-drawn uniformly with probability ``m_prob``), ``crossover_num`` uniform crossovers (each
+gene from either parent) and random refills up to ``population_num``. A child outside the budget
 or already visited is skipped, at most 10x the wanted count of attempts, as the original.
 Fixed: (1) the last generation's children were evaluated but never ranked; here generations
 0..max_epochs are all evaluated and ranked (the original's evaluations, none wasted). (2) Refills
@@ -193,19 +193,28 @@ def random_candidate(rng: random.Random, rank: int, shapes: Sequence[Sequence[in
 
 def mutate(rng: random.Random, parent: Sequence[Mapping[str, str]], rank: int, m_prob: float,
            shapes: Sequence[Sequence[int]], min_params: float, max_params: float) -> Subnet | None:
-    """Re-draw each layer's whole choice with probability m_prob; None when out of budget."""
-    # As the original: one rng.random() per layer, and a uniform choice only for mutated layers.
-    child = [sample_choice(rng, rank) if rng.random() < m_prob else dict(c) for c in parent]
+    """Re-draw each (layer, support) gene on its own with probability m_prob; None when out of budget."""
+    # As the original: for every layer, for A..E in order, one rng.random() and, only when it falls
+    # below m_prob, a uniform option of that support (possibly the same one).
+    child = []
+    for choice in parent:
+        gene = dict(choice)
+        for support in SUPPORTS:
+            if rng.random() < m_prob:
+                gene[support] = rng.choice(support_options(support, rank))
+        child.append(gene)
     return child if min_params <= subnet_params(child, shapes) <= max_params else None
 
 
 def crossover(rng: random.Random, p1: Sequence[Mapping[str, str]],
               p2: Sequence[Mapping[str, str]], shapes: Sequence[Sequence[int]],
               min_params: float, max_params: float) -> Subnet | None:
-    """Uniform crossover: each layer's choice from either parent; None when out of budget."""
+    """Uniform crossover per gene: each (layer, support) from either parent; None when out of budget."""
     if len(p1) != len(p2):
         raise ValueError(f"parents have {len(p1)} and {len(p2)} layers")
-    child = [dict(rng.choice((a, b))) for a, b in zip(p1, p2)]
+    # As the original: one uniform pick per support of every layer, so a child can combine A from
+    # one parent with B from the other inside a layer.
+    child = [{s: rng.choice((a[s], b[s])) for s in SUPPORTS} for a, b in zip(p1, p2)]
     return child if min_params <= subnet_params(child, shapes) <= max_params else None
 
 

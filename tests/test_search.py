@@ -110,7 +110,8 @@ def test_mutation_and_crossover_legal():
             assert subnet_params(child, VIT_B) <= 500_000
     assert kept > 50
     for i, c in enumerate(crossover(rng, *parents, VIT_B, 0, 10**9)):
-        assert c in (parents[0][i], parents[1][i])  # uniform crossover: each layer from a parent
+        # uniform crossover per gene: each support of each layer from one of the parents
+        assert all(c[s] in (parents[0][i][s], parents[1][i][s]) for s in SUPPORTS)
     assert mutate(rng, parents[0], RANK, 0.0, VIT_B, 0, 10**9) == parents[0]
 
 

@@ -72,7 +72,10 @@ def test_unknown_task_lists_known_names_on_one_line():
 
 def test_protocols_name_the_splits():
     assert vtab.PROTOCOLS == {
-        "val": {"train": "train800", "search": "val200", "test": "test"},
-        "paper": {"train": "train800val200", "search": "test", "test": "test"},
+        "val": {"train": "train800", "search": "val200", "test": "test", "fit": "train800"},
+        "paper": {"train": "train800val200", "search": "test", "test": "test",
+                  "fit": "train800val200"},
+        "retrain": {"train": "train800", "search": "val200", "test": "test",
+                    "fit": "train800val200"},
     }
     assert {s for p in vtab.PROTOCOLS.values() for s in p.values()} <= set(vtab.SPLITS)

@@ -36,9 +36,13 @@ from tqdm import tqdm
 
 from .tasks import DataError, TaskInfo, resolve_task
 
+# Per protocol: the supernet's training split, the split the search scores on, the test split, and
+# the split a fixed subnet or baseline trains on ("fit"). `retrain` is the VPT/NOAH/SSF practice:
+# select on val200, then train the chosen model on train800val200 and test once.
 PROTOCOLS = {
-    "val": {"train": "train800", "search": "val200", "test": "test"},
-    "paper": {"train": "train800val200", "search": "test", "test": "test"},
+    "val": {"train": "train800", "search": "val200", "test": "test", "fit": "train800"},
+    "paper": {"train": "train800val200", "search": "test", "test": "test", "fit": "train800val200"},
+    "retrain": {"train": "train800", "search": "val200", "test": "test", "fit": "train800val200"},
 }
 SPLITS = ("train800", "val200", "train800val200", "test")
 INTERPOLATIONS = {
