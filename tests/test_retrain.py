@@ -116,3 +116,20 @@ def test_val_supernet_serves_a_retrain_search(searched, tmp_path):
     assert res["protocol"] == "val" and res["selection_split"] == "val200"
     with pytest.raises(SystemExit, match=r"protocol: checkpoint has 'retrain', flags give 'paper'"):
         evolution.cli(args + ["--protocol", "paper", "--save_path", str(tmp_path / "p")])
+
+
+def test_report_labels_retrained_rows_apart(searched, tmp_path):
+    """Fails if the report merges inherited, retrained-from-supernet and fresh GLoRA rows (their
+    numbers mean different things) or drops the protocol from the label."""
+    from vtab.report import collect
+
+    root = searched
+    subnet = str(root / "search" / "subnet.yaml")
+    if not (root / "fresh_export" / "results.json").is_file():
+        retrain(root, "fresh", "--subnet", subnet, "--lr", "1e-2")
+    if not (root / "warm_export" / "results.json").is_file():
+        retrain(root, "warm", "--subnet", subnet, "--lr", "1e-2", "--init-from", str(root / "supernet"))
+    labels = {row.label for row in collect(root).ours}
+    assert {"ours: glora@0.006M [retrain, selected on val200]",
+            "ours: glora@0.006M retrained from supernet [retrain, selected on val200]",
+            "ours: glora@0.006M retrained fresh [retrain, selected on val200]"} <= labels

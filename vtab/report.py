@@ -2,7 +2,7 @@
 
     python -m vtab.report RUNS_DIR [--out DIR] [--methods glora lora ...]
 
-Rows are (method, budget, protocol, selection split), seeds are averaged per task; task order and
+Rows are (method, budget, variant, protocol, selection split), seeds are averaged per task; task order and
 groups come from vtab/reference.csv. Writes report.md, report.csv and accuracy_vs_params.png.
 """
 from __future__ import annotations
@@ -27,6 +27,9 @@ PROTOCOL_NOTES = (
     "`val`: supernet trained on train800, subnet selected on val200, test evaluated once.",
     "`paper`: supernet trained on train800val200, subnet **selected on the test set** "
     "(the original code as first released), so its test numbers are optimistic.",
+    "`retrain`: supernet and search as `val`; the chosen subnet and every baseline then train on "
+    "train800val200 (VPT/NOAH/SSF practice) and are tested once. GLoRA rows say whether the subnet "
+    "kept the supernet's weights, was retrained from them, or was retrained from a fresh init.",
     "published: copied from vtab/reference.csv (sources there); the GLoRA row was most likely "
     "selected on the test set, so compare it with our `paper` rows.")
 Groups = Mapping[str, Sequence[str]]
@@ -166,6 +169,14 @@ def budget_label(method: str, limit: float | None) -> str:
     return f"{method}@{text if '.' in text or 'e' in text else text + '.0'}M" if text else method
 
 
+def variant(rec: dict) -> str:
+    """How a GLoRA subnet's weights were obtained: '' (the supernet's, as the paper), 'retrained
+    from supernet' or 'retrained fresh'; '' for baselines (always trained on their own)."""
+    if rec.get("weights") != "trained" or rec.get("method") != "glora":
+        return ""
+    return "retrained from supernet" if rec.get("init") == "inherited" else "retrained fresh"
+
+
 def _params_M(rec: dict) -> float | None:
     params_M, params = _number(rec.get("params_M")), _number(rec.get("params"))
     return params_M if params_M is not None else None if params is None else params / 1e6
@@ -179,18 +190,19 @@ def _cell(recs: list[dict]) -> Cell:
 
 
 def build_rows(records: Sequence[dict]) -> list[Row]:
-    """Group runs by (method, budget, protocol, selection split) and task; average the seeds."""
+    """Group runs by (method, budget, variant, protocol, selection split) and task; average seeds."""
     runs: dict[tuple, dict[str, list[dict]]] = {}
     for rec in records:
-        key = (str(rec["method"]), _number(rec.get("param_limit_M")),
+        key = (str(rec["method"]), _number(rec.get("param_limit_M")), variant(rec),
                str(rec["protocol"]), str(rec["selection_split"]))
         runs.setdefault(key, {}).setdefault(str(rec["dataset"]), []).append(rec)
     rows = []
-    for key in sorted(runs, key=lambda k: (k[0], k[1] is None, k[1] or 0.0, k[2], k[3])):
-        method, limit, protocol, split = key
+    for key in sorted(runs, key=lambda k: (k[0], k[1] is None, k[1] or 0.0, k[2], k[3], k[4])):
+        method, limit, how, protocol, split = key
         cells = {task: _cell(recs) for task, recs in sorted(runs[key].items())}
         params = [c.params_M for c in cells.values() if c.params_M is not None]
-        label = f"ours: {budget_label(method, limit)} [{protocol}, selected on {split}]"
+        name = budget_label(method, limit) + (f" {how}" if how else "")
+        label = f"ours: {name} [{protocol}, selected on {split}]"
         rows.append(Row(label, method, protocol, split,
                         statistics.fmean(params) if params else None, cells))
     return rows
