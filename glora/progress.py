@@ -18,7 +18,7 @@ from typing import IO, Any, Iterable, Iterator
 
 from tqdm import tqdm
 
-STEPS = 10  # plain lines per run besides the first and the last (every 100 / STEPS %)
+STEPS = 10  # off a terminal, a line every 100 / STEPS % of the total (plus first and last)
 
 
 class PlainProgress:
