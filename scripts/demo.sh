@@ -23,7 +23,8 @@ RUNS=${RUNS:-runs/demo}
 DATA=${DATA:-data/vtab-1k}
 BACKBONE=${BACKBONE:-data/tiny_vit}
 CONFIG=${CONFIG:-configs/mini_vtab.yaml}
-TASKS=${TASKS:-mini_digits mini_count mini_loc mini_ori}
+# Default: every mini task of the registry (vtab/tasks.py), the one place that lists them.
+TASKS=${TASKS:-$("$PYTHON" -c 'import vtab; print(*vtab.MINI_TASKS)')}
 SUPERNET_EPOCHS=${SUPERNET_EPOCHS:-60}
 EPOCHS=${EPOCHS:-40}
 WARMUP=${WARMUP:-3}

@@ -10,7 +10,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import vtab
-from vtab import mini, mini_gen, mini_probe, mini_source, pretrain
+from vtab import mini
+from vtab.mini import generate as mini_gen
+from vtab.mini import pretrain
+from vtab.mini import probe as mini_probe
+from vtab.mini import source as mini_source
+from vtab.mini.__main__ import get_args_parser, main
 
 SMALL = (16, 8, 24)  # train800 / val200 / test sizes at test scale (all multiples of 8)
 TINY_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
@@ -33,9 +38,12 @@ def backbone(tmp_path_factory):
 
 
 def test_mini_tasks_match_the_registry():
+    """Fails if the generator's task list, seeds or class counts drift from vtab/tasks.py."""
     for name, k in mini_gen.NUM_CLASSES.items():
         assert vtab.TASKS[name].num_classes == k and vtab.TASKS[name].mini
-    assert set(mini.MINI_TASKS) == set(vtab.MINI_TASKS)
+    assert mini.MINI_TASKS is vtab.MINI_TASKS
+    assert tuple(mini_gen.NUM_CLASSES) == vtab.MINI_TASKS == tuple(mini.SEEDS)
+    assert set(mini_gen.RENDERERS) | {"mini_digits"} == set(vtab.MINI_TASKS)
 
 
 @pytest.mark.parametrize("task", sorted(mini_gen.RENDERERS))
@@ -154,9 +162,9 @@ def test_probe_reports_both_backbones(built, backbone):
 
 
 def test_cli_build_without_backbone(tmp_path):
-    args = mini.get_args_parser().parse_args(
+    args = get_args_parser().parse_args(
         ["build", "--data-path", str(tmp_path), "--tasks", "mini_loc", "--no-backbone"])
-    mini.main(args)
+    main(args)
     assert [len((tmp_path / "mini_loc" / f"{n}.txt").read_text().splitlines())
             for n in mini.LIST_FILES] == [800, 200, 1000, 1000]
     assert not (tmp_path / "tiny_vit").exists()

@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from tqdm import tqdm
+from glora.progress import progress as progress_bar
 
-from .dataset import README_HINT, SPLITS, open_rgb, read_list, task_dir
+from .dataset import README_HINT, SPLITS, read_list, task_dir
+from .images import not_regular, open_rgb
 from .tasks import TASKS, DataError, TaskInfo, resolve_task
 
 # VTAB-1k sizes; the test split differs per task, so it has no expected size.
 EXPECTED_COUNTS = {"train800": 800, "val200": 200, "train800val200": 1000}
-MAX_LISTED = 20  # unreadable images listed by name per task; the rest are counted
+MAX_LISTED = 20  # unreadable (or clipped) images listed by name per task; the rest counted
 
 
 @dataclass
@@ -42,27 +43,39 @@ class TaskReport:
         return "FAIL" if self.problems else "WARN" if self.warnings else "ok"
 
 
-def _image_problem(path: Path, quick: bool) -> "str | None":
+def _image_problem(path: Path, quick: bool) -> tuple["str | None", "list[str]"]:
+    """A one-line problem (or None) and the conversion notes of one listed image."""
+    notes: list[str] = []
     if quick:
-        return None if path.is_file() else f"cannot read image {path}: no such file"
+        kind = not_regular(path)
+        if kind is not None:
+            return f"cannot read image {path}: {kind}, not a regular file", notes
+        return (None if path.is_file() else f"cannot read image {path}: no such file"), notes
     try:
-        open_rgb(path)
+        open_rgb(path, notes)
     except DataError as error:
-        return str(error)
-    return None
+        return str(error), notes
+    return None, notes
 
 
 def _check_images(folder: Path, paths: Sequence[str], quick: bool, workers: int,
-                  progress: bool) -> list[str]:
-    """One-line messages for the images that are missing or do not decode."""
+                  progress: bool) -> tuple[list[str], list[str]]:
+    """One-line problems for the images that are missing or do not decode, and notes on those
+    converted with clipping (at most MAX_LISTED of each, then a count)."""
     files = [folder / p for p in paths]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        found = tqdm(pool.map(lambda f: _image_problem(f, quick), files), total=len(files),
-                     desc=f"check {folder.name}", unit="img", disable=not progress)
-        bad = [message for message in found if message is not None]
-    if len(bad) > MAX_LISTED:
-        bad = bad[:MAX_LISTED] + [f"... and {len(bad) - MAX_LISTED} more unreadable images"]
-    return bad
+        found = list(progress_bar(pool.map(lambda f: _image_problem(f, quick), files),
+                                  f"check {folder.name}", len(files), enabled=progress,
+                                  unit="img"))
+    bad = [problem for problem, _ in found if problem is not None]
+    notes = [note for _, image_notes in found for note in image_notes]
+    return _capped(bad, "unreadable images"), _capped(notes, "images converted with clipping")
+
+
+def _capped(messages: list[str], what: str) -> list[str]:
+    if len(messages) <= MAX_LISTED:
+        return messages
+    return messages[:MAX_LISTED] + [f"... and {len(messages) - MAX_LISTED} more {what}"]
 
 
 def check_task(data_path: Path, info: TaskInfo, quick: bool = False, workers: int = 8,
@@ -89,7 +102,9 @@ def check_task(data_path: Path, info: TaskInfo, quick: bool = False, workers: in
     if all(s in lines for s in ("train800", "val200", "train800val200")):
         if lines["train800"] + lines["val200"] != lines["train800val200"]:
             report.warnings.append(f"{info.name}: train800val200 is not train800 + val200")
-    report.problems += _check_images(folder, list(paths), quick, workers, progress)
+    problems, notes = _check_images(folder, list(paths), quick, workers, progress)
+    report.problems += problems
+    report.warnings += notes
     return report
 
 

@@ -13,7 +13,11 @@ Cache: ``<task folder>/.cache/<split>_<size>_<interp>_<key16>.pt`` by default (i
 folder, so a data tree stays self-contained and deleting a task deletes its cache); pass
 ``cache_dir`` for a read-only data tree. The key is the sha256 of the list file's bytes, the input
 size and the interpolation: editing a list invalidates it, but replacing image files under an
-unchanged list does not, so delete ``.cache`` after doing that.
+unchanged list does not, so delete ``.cache`` after doing that. The file's header also holds a
+CRC-32 of the images; a cache that does not match its header (other key or version, wrong dtype
+or shape, changed bytes) or does not load is rebuilt, with a one-line warning.
+
+Reading a single image (regular files only, 8-bit RGB) is `vtab.images`.
 """
 from __future__ import annotations
 
@@ -22,18 +26,19 @@ import os
 import re
 import tempfile
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from tqdm import tqdm
 
+from glora.progress import progress as progress_bar
+
+from .images import (INTERPOLATIONS, decode_image, open_rgb, pil_pipeline,  # noqa: F401
+                     resample)
 from .tasks import DataError, TaskInfo, resolve_task
 
 # Per protocol: the supernet's training split, the split the search scores on, the test split, and
@@ -45,15 +50,8 @@ PROTOCOLS = {
     "retrain": {"train": "train800", "search": "val200", "test": "test", "fit": "train800val200"},
 }
 SPLITS = ("train800", "val200", "train800val200", "test")
-INTERPOLATIONS = {
-    "nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
-}
 README_HINT = "see data/README.md for how to get VTAB-1k"
-_CACHE_VERSION = 1
-# Exceptions Pillow raises on missing, truncated or corrupt files (SyntaxError: some plugins).
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+_CACHE_VERSION = 2  # 2: the header holds a CRC-32 of the images
 _INTEGER = re.compile(r"-?[0-9]+")
 
 
@@ -137,67 +135,32 @@ def read_list(data_path: "str | os.PathLike", task: "str | TaskInfo", split: str
     return parse_list(text, path, resolve_task(task).num_classes)
 
 
-def _resample(interpolation: str) -> Image.Resampling:
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation {interpolation!r} not in {', '.join(INTERPOLATIONS)}")
-    return INTERPOLATIONS[interpolation]
-
-
-def open_rgb(path: "str | os.PathLike") -> Image.Image:
-    """Open an image fully decoded in RGB (the original loader); DataError naming a bad file."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")  # convert() forces the full decode inside the try
-    except _IMAGE_ERRORS as error:
-        reason = str(error).replace("\n", " ")  # the message must stay one line
-        raise DataError(f"cannot read image {path}: {reason}") from None
-
-
-def decode_image(path: "str | os.PathLike", input_size: int = 224,
-                 interpolation: str = "bicubic") -> torch.Tensor:
-    """One image as the cache stores it: RGB, resized to a square, uint8 (3, H, W)."""
-    image = open_rgb(path).resize((input_size, input_size), _resample(interpolation))
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-
-
-@lru_cache(maxsize=8)
-def _reference_transform(input_size: int, interpolation: str):
-    from torchvision import transforms  # the original code's transform stack
-
-    mode = transforms.InterpolationMode(interpolation)
-    return transforms.Compose([
-        transforms.Resize((input_size, input_size), interpolation=mode),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
-    ])
-
-
-def pil_pipeline(path: "str | os.PathLike", input_size: int = 224,
-                 interpolation: str = "bicubic") -> torch.Tensor:
-    """The original per-epoch pipeline for one image: float32 (3, H, W), normalised."""
-    _resample(interpolation)
-    return _reference_transform(input_size, interpolation)(open_rgb(path))
-
-
 def _decode_all(folder: Path, entries: Sequence[Entry], source: Path, input_size: int,
                 interpolation: str, progress: bool, workers: int) -> torch.Tensor:
     images = torch.empty((len(entries), 3, input_size, input_size), dtype=torch.uint8)
+    notes: list[tuple[int, str]] = []  # (line, note) of images converted with clipping
 
     def work(i: int) -> None:
+        found: list[str] = []
         try:
-            images[i] = decode_image(folder / entries[i].path, input_size, interpolation)
+            images[i] = decode_image(folder / entries[i].path, input_size, interpolation, found)
         except DataError as error:
             raise DataError(f"{error} (listed at {source}:{entries[i].line})") from None
+        notes.extend((entries[i].line, note) for note in found)  # list.extend: thread-safe
 
     # Pillow releases the GIL while decoding and resizing, so threads scale across cores.
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
         done = pool.map(work, range(len(entries)))
-        for _ in tqdm(done, total=len(entries), desc=f"decode {folder.name}/{source.stem}",
-                      disable=not progress, unit="img"):
+        for _ in progress_bar(done, f"decode {folder.name}/{source.stem}", len(entries),
+                              enabled=progress, unit="img"):
             pass
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # on an error, skip the queued images
+    if notes:  # one warning per split, not one per image
+        line, note = min(notes)
+        warnings.warn(f"{source}: {len(notes)} image(s) without a defined 8-bit scaling; "
+                      f"the first, at line {line}: {note}")
     return images
 
 
@@ -206,7 +169,30 @@ def _cache_key(list_bytes: bytes, input_size: int, interpolation: str) -> str:
     return hashlib.sha256(header + list_bytes).hexdigest()
 
 
-def _read_cache(path: Path, key: str, count: int) -> "torch.Tensor | None":
+def _checksum(images: torch.Tensor) -> int:
+    """CRC-32 of the image bytes (about 4 GB/s: a second for the largest VTAB test split)."""
+    return zlib.crc32(images.contiguous().numpy())
+
+
+def _cache_problem(blob: object, key: str, shape: tuple[int, ...]) -> "str | None":
+    """Why a loaded cache does not match its header or this split, or None if it is sound."""
+    if not isinstance(blob, dict) or blob.get("version") != _CACHE_VERSION:
+        return "not a decode cache of this version"
+    if blob.get("key") != key:
+        return "its key is not that of this list file, size and interpolation"
+    images = blob.get("images")
+    if not isinstance(images, torch.Tensor):
+        return "it holds no image tensor"
+    if images.dtype != torch.uint8 or tuple(images.shape) != shape:
+        return (f"it holds {images.dtype} {tuple(images.shape)} where the list needs "
+                f"torch.uint8 {shape}")
+    if blob.get("crc32") != _checksum(images):
+        return "the image bytes do not match the checksum in its header"
+    return None
+
+
+def _read_cache(path: Path, key: str, shape: tuple[int, ...]) -> "torch.Tensor | None":
+    """The cached images (N, 3, H, W) if the file is sound; None (with a notice) otherwise."""
     if not path.is_file():
         return None
     try:
@@ -214,9 +200,12 @@ def _read_cache(path: Path, key: str, count: int) -> "torch.Tensor | None":
         # have to fit in RAM when the loader is not resident.
         blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # a half-copied or foreign file: rebuild rather than fail
-        warnings.warn(f"ignoring unreadable cache {path}: {error}")
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        warnings.warn(f"ignoring unreadable cache {path} ({reason}); rebuilding it")
         return None
-    if not isinstance(blob, dict) or blob.get("key") != key or blob["images"].shape[0] != count:
+    problem = _cache_problem(blob, key, shape)
+    if problem is not None:  # tampered, truncated inside, or written by other code: rebuild
+        warnings.warn(f"ignoring cache {path}: {problem}; rebuilding it")
         return None
     return blob["images"]
 
@@ -228,7 +217,8 @@ def _write_cache(path: Path, key: str, images: torch.Tensor) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
         os.close(fd)
         try:
-            torch.save({"key": key, "version": _CACHE_VERSION, "images": images}, tmp)
+            torch.save({"key": key, "version": _CACHE_VERSION, "crc32": _checksum(images),
+                        "images": images}, tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -249,7 +239,7 @@ def load_split(data_path: "str | os.PathLike", task: "str | TaskInfo", split: st
                workers: "int | None" = None) -> Split:
     """Load one split decoded once: from the uint8 cache if valid, else decode, cache, return."""
     info = resolve_task(task)
-    _resample(interpolation)
+    resample(interpolation)
     source = list_file(data_path, info, split)
     list_bytes = source.read_bytes()
     entries = parse_list(_decode_text(list_bytes, source), source, info.num_classes)
@@ -257,7 +247,7 @@ def load_split(data_path: "str | os.PathLike", task: "str | TaskInfo", split: st
     folder = source.parent
     cache_root = folder / ".cache" if cache_dir is None else Path(cache_dir) / info.name
     cache_file = cache_root / f"{split}_{input_size}_{interpolation}_{key[:16]}.pt"
-    images = _read_cache(cache_file, key, len(entries))
+    images = _read_cache(cache_file, key, (len(entries), 3, input_size, input_size))
     if images is None:
         workers = workers or min(8, os.cpu_count() or 1)
         images = _decode_all(folder, entries, source, input_size, interpolation, progress, workers)

@@ -1,4 +1,4 @@
-"""Image generators of the four mini-VTAB tasks (uint8 arrays in memory; `vtab.mini` writes them).
+"""Image generators of the four mini-VTAB tasks (uint8 arrays in memory; `layout` writes them).
 
 - mini_digits: scikit-learn's bundled 8x8 handwritten digits (1,797 real images), upscaled.
 - mini_count:  1..8 small objects (label = count - 1), like VTAB's clevr_count.
@@ -9,7 +9,7 @@
 The procedural tasks vary what the label does not depend on (background tint and gradient,
 object hue and brightness, sizes, shapes, rotation, fill patterns, pixel noise) so that a
 classifier has to learn the labelled factor; objects are always brighter than the dark
-background (see `mini_render.random_colour`). Labels are balanced exactly (n // k per class,
+background (see `render.random_colour`). Labels are balanced exactly (n // k per class,
 the remainder to the first classes) and shuffled.
 """
 from __future__ import annotations
@@ -19,10 +19,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from . import mini_render as R
+from ..tasks import MINI_TASKS, TASKS
+from . import render as R
 
 SIZE = 32
-NUM_CLASSES = {"mini_digits": 10, "mini_count": 8, "mini_loc": 8, "mini_ori": 8}
+# The task list and class counts live in the registry (vtab/tasks.py), nowhere else.
+NUM_CLASSES = {name: TASKS[name].num_classes for name in MINI_TASKS}
 LOC_RANGE = (4.0, 28.0)  # x range of the sprite centre, split into 8 equal bins
 LOC_SHAPES = ("circle", "triangle", "square", "diamond", "pentagon", "hexagon", "star", "plus",
               "ell", "tee", "ellipse")

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..dataset import Loader, load_split
 from . import pretrain
-from .dataset import Loader, load_split
 
 PROBE_C = 1.0  # inverse L2 strength of the logistic regression, fixed a priori
 

@@ -1,17 +1,12 @@
-"""Mini-VTAB: four small offline tasks in the NOAH layout, so the whole pipeline runs on a CPU.
-
-    python -m vtab.mini build [--data-path data/vtab-1k] [--force] [--no-backbone]
-    python -m vtab.mini probe [--data-path data/vtab-1k] [--backbone data/tiny_vit]
+"""Mini-VTAB task folders in the NOAH layout: generate the splits, write images and list files.
 
 `build` writes ``<data_path>/<task>/images/*.jpg`` (32x32 RGB, JPEG quality 95) and the list
 files train800.txt, val200.txt, train800val200.txt (= train800 then val200) and test.txt with
-lines ``images/00000.jpg 3``, then pretrains the tiny backbone (`vtab.pretrain`) if it is
-missing. Everything is a pure function of the fixed seeds below: building twice gives
-byte-identical files. A task whose four list files exist is skipped unless ``force``.
+lines ``images/00000.jpg 3``. Everything is a pure function of the fixed seeds below: building
+twice gives byte-identical files. A task whose four list files exist is skipped unless ``force``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from pathlib import Path
@@ -19,13 +14,15 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from . import mini_gen
+from glora.progress import progress as progress_bar
 
-MINI_TASKS = tuple(mini_gen.NUM_CLASSES)
+from ..tasks import MINI_TASKS
+from . import generate
+
 LIST_FILES = ("train800", "val200", "train800val200", "test")
 SPLIT_SIZES = (800, 200, 1000)  # train800, val200, test (mini_digits: test = the 797 left)
+# One seed per task of vtab.MINI_TASKS (a test checks that the keys match the registry).
 SEEDS = {"mini_digits": 1001, "mini_count": 1002, "mini_loc": 1003, "mini_ori": 1004}
 JPEG_QUALITY = 95
 DEFAULT_DATA_PATH = "data/vtab-1k"
@@ -43,11 +40,11 @@ def task_splits(task: str, sizes: Sequence[int] = SPLIT_SIZES, seed: int | None 
     n_train, n_val, n_test = sizes
     if task == "mini_digits":
         full = tuple(sizes) == SPLIT_SIZES  # the real build keeps every remaining digit as test
-        return mini_gen.digits(seed, n_train, n_val, None if full else n_test)
-    bar = tqdm(total=n_train + n_val + n_test, desc=task, unit="img", disable=not progress)
-    with bar:
+        return generate.digits(seed, n_train, n_val, None if full else n_test)
+    with progress_bar(desc=task, total=n_train + n_val + n_test, enabled=progress,
+                      unit="img") as bar:
         # One RNG stream per split ([seed, index]): changing one split size leaves the others.
-        return {name: mini_gen.generate(task, n, [seed, index], bar.update)
+        return {name: generate.generate(task, n, [seed, index], bar.update)
                 for index, (name, n) in enumerate(zip(("train800", "val200", "test"), sizes))}
 
 
@@ -65,7 +62,8 @@ def write_noah(folder: "str | os.PathLike", splits: Splits, quality: int = JPEG_
     lines: dict[str, list[str]] = {}
     index = 0
     total = sum(len(labels) for _, labels in splits.values())
-    with tqdm(total=total, desc=f"write {folder.name}", unit="img", disable=not progress) as bar:
+    with progress_bar(desc=f"write {folder.name}", total=total, enabled=progress,
+                      unit="img") as bar:
         for name in ("train800", "val200", "test"):
             images, labels = splits[name]
             lines[name] = []
@@ -115,40 +113,3 @@ def ensure_backbone(out_dir: "str | os.PathLike" = DEFAULT_BACKBONE_DIR,
             print(f"backbone: {path} exists")
         return path
     return pretrain.pretrain(out_dir, progress=progress)
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    """CLI: `build` and `probe` subcommands."""
-    parser = argparse.ArgumentParser("python -m vtab.mini", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="write the mini-VTAB tasks (and the backbone if absent)")
-    b.add_argument("--data-path", type=str, default=DEFAULT_DATA_PATH)
-    b.add_argument("--tasks", type=str, nargs="+", default=list(MINI_TASKS), choices=MINI_TASKS)
-    b.add_argument("--force", action="store_true", help="rebuild tasks that already exist")
-    b.add_argument("--no-backbone", action="store_true", help="do not pretrain the backbone")
-    b.add_argument("--backbone", type=str, default=DEFAULT_BACKBONE_DIR,
-                   help="folder of backbone.safetensors")
-    p = sub.add_parser("probe", help="linear-probe accuracy: pretrained vs random backbone")
-    p.add_argument("--data-path", type=str, default=DEFAULT_DATA_PATH)
-    p.add_argument("--tasks", type=str, nargs="+", default=list(MINI_TASKS), choices=MINI_TASKS)
-    p.add_argument("--backbone", type=str, default=DEFAULT_BACKBONE_DIR,
-                   help="folder of backbone.safetensors + backbone.json")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random-init control")
-    return parser
-
-
-def main(args: argparse.Namespace) -> None:
-    """Run the selected subcommand."""
-    if args.command == "build":
-        build(args.data_path, args.tasks, force=args.force)
-        if not args.no_backbone:
-            ensure_backbone(args.backbone)
-    else:
-        from . import mini_probe
-
-        rows = mini_probe.probe(args.data_path, args.backbone, args.tasks, seed=args.seed)
-        print(mini_probe.markdown_table(rows))
-
-
-if __name__ == "__main__":
-    main(get_args_parser().parse_args())

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import mini_render as R
+from . import render as R
 
 SIZE = 32
 LETTERS = string.ascii_uppercase

@@ -1,8 +1,8 @@
 """Pretrain the tiny ViT backbone of mini-VTAB on a generated source task, on a CPU, in minutes.
 
-    python -m vtab.pretrain [--out data/tiny_vit] [--force]
+    python -m vtab.mini.pretrain [--out data/tiny_vit] [--force]
 
-The source task (`vtab.mini_source`, "letter scenes": letter, tilt, position and mark-count
+The source task (`vtab.mini.source`, "letter scenes": letter, tilt, position and mark-count
 heads) is generated in memory from the seed and is none of the downstream mini tasks; a random
 channel permutation per image stretches the generated pool. Writes into the output folder:
 
@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from tqdm import tqdm
 
-from . import mini_source
+from glora.progress import progress as progress_bar
+
+from . import source
 
 MODEL = "vit_tiny_patch16_224"
 # 32x32 input in 4x4 patches of 8x8 pixels (16 tokens + cls): a forward+backward of a batch
@@ -82,7 +83,7 @@ def recolour(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def source_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of the heads; logits (B, sum of head sizes), labels (B, heads)."""
-    chunks = logits.split(list(mini_source.HEADS.values()), dim=1)
+    chunks = logits.split(list(source.HEADS.values()), dim=1)
     return sum(F.cross_entropy(c, labels[:, j]) for j, c in enumerate(chunks))
 
 
@@ -92,9 +93,9 @@ def source_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.
     """Top-1 accuracy (%) of each head on uint8 images (N, 3, H, W)."""
     model.eval()
     logits = torch.cat([model(normalise(x)) for x in images.split(batch_size)])
-    chunks = logits.split(list(mini_source.HEADS.values()), dim=1)
+    chunks = logits.split(list(source.HEADS.values()), dim=1)
     return {name: round(100.0 * (c.argmax(1) == labels[:, j]).float().mean().item(), 2)
-            for j, (name, c) in enumerate(zip(mini_source.HEADS, chunks))}
+            for j, (name, c) in enumerate(zip(source.HEADS, chunks))}
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -113,7 +114,7 @@ def train_source(model: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: _lr_factor(s, total, max(1, int(cfg.warmup_frac * total))))
     model.train()
-    bar = tqdm(total=total, desc="pretrain", unit="step", disable=not progress)
+    bar = progress_bar(desc="pretrain", total=total, enabled=progress, unit="step")
     for _ in range(cfg.epochs):
         order = torch.randperm(len(labels), generator=generator)
         losses = []
@@ -160,8 +161,9 @@ def save_backbone(model: torch.nn.Module, out_dir: "str | os.PathLike", meta: di
 
 def _source_tensors(n: int, seed: list[int], progress: bool
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    with tqdm(total=n, desc=f"generate source {seed}", unit="img", disable=not progress) as bar:
-        images, labels = mini_source.generate(n, seed, bar.update)
+    with progress_bar(desc=f"generate source {seed}", total=n, enabled=progress,
+                      unit="img") as bar:
+        images, labels = source.generate(n, seed, bar.update)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
 
@@ -179,14 +181,14 @@ def pretrain(out_dir: "str | os.PathLike" = DEFAULT_OUT, cfg: PretrainConfig | N
     torch.use_deterministic_algorithms(True)
     try:
         torch.manual_seed(cfg.seed)
-        net = create_model(sum(mini_source.HEADS.values()), model, model_kwargs)
+        net = create_model(sum(source.HEADS.values()), model, model_kwargs)
         loss = train_source(net, train_x, train_y, cfg, progress)
     finally:
         torch.use_deterministic_algorithms(deterministic)  # do not leak global state
     accuracy = source_accuracy(net, eval_x, eval_y)
     meta = {
         "model": model, "model_kwargs": model_kwargs,
-        "source_task": mini_source.DESCRIPTION, "source_heads": mini_source.HEADS,
+        "source_task": source.DESCRIPTION, "source_heads": source.HEADS,
         "config": asdict(cfg), "seed": cfg.seed, "epochs": cfg.epochs,
         "final_train_loss": round(loss, 4), "source_test_acc1": accuracy,
         "source_test_acc1_mean": round(float(np.mean(list(accuracy.values()))), 2),
@@ -205,7 +207,7 @@ def pretrain(out_dir: "str | os.PathLike" = DEFAULT_OUT, cfg: PretrainConfig | N
 def get_args_parser() -> argparse.ArgumentParser:
     """CLI arguments; the schedule defaults are PretrainConfig's."""
     d = PretrainConfig()
-    parser = argparse.ArgumentParser("python -m vtab.pretrain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser("python -m vtab.mini.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=str, default=DEFAULT_OUT, help="output folder")
     parser.add_argument("--force", action="store_true", help="overwrite an existing backbone")
     parser.add_argument("--seed", type=int, default=d.seed)

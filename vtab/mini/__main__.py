@@ -1,0 +1,47 @@
+"""Command line of mini-VTAB: ``python -m vtab.mini {build,probe}`` (see `vtab.mini`)."""
+from __future__ import annotations
+
+import argparse
+
+from ..tasks import MINI_TASKS
+from .layout import DEFAULT_BACKBONE_DIR, DEFAULT_DATA_PATH, build, ensure_backbone
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """CLI: `build` and `probe` subcommands."""
+    parser = argparse.ArgumentParser(
+        "python -m vtab.mini",
+        description="Mini-VTAB: four small offline tasks in the NOAH layout, so the whole "
+                    "pipeline runs on a CPU.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="write the mini-VTAB tasks (and the backbone if absent)")
+    b.add_argument("--data-path", type=str, default=DEFAULT_DATA_PATH)
+    b.add_argument("--tasks", type=str, nargs="+", default=list(MINI_TASKS), choices=MINI_TASKS)
+    b.add_argument("--force", action="store_true", help="rebuild tasks that already exist")
+    b.add_argument("--no-backbone", action="store_true", help="do not pretrain the backbone")
+    b.add_argument("--backbone", type=str, default=DEFAULT_BACKBONE_DIR,
+                   help="folder of backbone.safetensors")
+    p = sub.add_parser("probe", help="linear-probe accuracy: pretrained vs random backbone")
+    p.add_argument("--data-path", type=str, default=DEFAULT_DATA_PATH)
+    p.add_argument("--tasks", type=str, nargs="+", default=list(MINI_TASKS), choices=MINI_TASKS)
+    p.add_argument("--backbone", type=str, default=DEFAULT_BACKBONE_DIR,
+                   help="folder of backbone.safetensors + backbone.json")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random-init control")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    """Run the selected subcommand."""
+    if args.command == "build":
+        build(args.data_path, args.tasks, force=args.force)
+        if not args.no_backbone:
+            ensure_backbone(args.backbone)
+    else:
+        from . import probe  # imported lazily: `build` needs no model code
+
+        rows = probe.probe(args.data_path, args.backbone, args.tasks, seed=args.seed)
+        print(probe.markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
