@@ -23,16 +23,34 @@ def inject_glora(model: nn.Module, rank: int, targets: str | None = None) -> lis
 
     Returns the replaced names in module order: the spine of subnets and search.
     """
-    pattern = re.compile(targets or DEFAULT_TARGETS)
-    names = [name for name, module in model.named_modules()
-             if pattern.fullmatch(name) and type(module) is nn.Linear]
-    if not names:
-        raise ValueError(f"no nn.Linear in the model matches {pattern.pattern!r}")
+    names = _target_names(model, targets or DEFAULT_TARGETS)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, GLoRALinear.from_linear(getattr(parent, child), rank))
     return names
+
+
+def _target_names(model: nn.Module, targets: str) -> list[str]:
+    # Refuse rather than skip: a bad regex, no match, or a non-Linear match (a Conv2d, a Linear
+    # subclass such as MultiheadAttention's out_proj, a layer already wrapped) is a user error.
+    try:
+        pattern = re.compile(targets)
+    except re.error as err:
+        raise ValueError(f"targets {targets!r} is not a valid regular expression: {err}") from None
+    matched = [(name, module) for name, module in model.named_modules() if pattern.fullmatch(name)]
+    if not matched:
+        raise ValueError(f"targets {targets!r} matches no module of {type(model).__name__} "
+                         "(it must match whole qualified names, e.g. 'blocks.0.attn.qkv')")
+    wrong = [(name, module) for name, module in matched if type(module) is not nn.Linear]
+    if wrong:
+        name, module = wrong[0]
+        if isinstance(module, GLoRALinear):
+            raise ValueError(f"{name} already holds GLoRA supports; inject once per model")
+        others = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
+        raise ValueError(f"targets {targets!r} matches {name}{others}, a {type(module).__name__}, "
+                         "not an nn.Linear; narrow the regex")
+    return [name for name, _ in matched]
 
 
 def glora_layers(model: nn.Module) -> list[tuple[str, GLoRALinear]]:

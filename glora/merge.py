@@ -13,6 +13,7 @@ from torch import nn
 from glora.inject import glora_layers
 from glora.layer import merged_linear
 from glora.space import SUPPORTS, validate_choice
+from glora.timm_bias import fit_gained_biases
 
 # The original code named the supports' tensors with bare letters (``blocks.0.attn.qkv.Ad``).
 ORIGINAL_TENSOR_NAMES = ("Ad", "Au", "Bd", "Bu", "Cd", "Cu", "D", "E")
@@ -100,19 +101,22 @@ def export_timm_folder(model: nn.Module, folder: str | os.PathLike, input_size: 
     """Save a merged (plain timm) model as ``config.json`` + ``model.safetensors``.
 
     The folder loads with ``timm.create_model('local-dir:<folder>', pretrained=True)`` and no
-    code from this project; its config records the preprocessing the model was tuned with.
+    code from this project; its config records the preprocessing the model was tuned with. A layer
+    without bias that gained one in the merge sets timm's flag for it (``glora.timm_bias``).
     Written to a temporary folder first, then renamed into place.
     """
     from timm.models import save_for_hf
 
     if glora_layers(model):
         raise ValueError("export needs a merged model; call glora.merge_glora(model) first")
+    model_args = fit_gained_biases(model)  # refuses before anything is written
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     data_config = {"input_size": (3, input_size, input_size), "interpolation": interpolation,
                    "mean": tuple(mean), "std": tuple(std), "crop_pct": 1.0}
-    save_for_hf(model, str(tmp), safe_serialization=True, data_config=data_config)
+    save_for_hf(model, str(tmp), safe_serialization=True, data_config=data_config,
+                model_args=model_args or None)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder
