@@ -47,9 +47,9 @@ def _target_names(model: nn.Module, targets: str) -> list[str]:
         name, module = wrong[0]
         if isinstance(module, GLoRALinear):
             raise ValueError(f"{name} already holds GLoRA supports; inject once per model")
-        others = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
-        raise ValueError(f"targets {targets!r} matches {name}{others}, a {type(module).__name__}, "
-                         "not an nn.Linear; narrow the regex")
+        others = f" ({len(wrong) - 1} more such)" if len(wrong) > 1 else ""
+        raise ValueError(f"targets {targets!r} matches {name}, a {type(module).__name__} and not an "
+                         f"nn.Linear{others}; narrow the regex")
     return [name for name, _ in matched]
 
 

@@ -156,10 +156,14 @@ def test_swin_reduction_gaining_a_bias_is_refused_before_writing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_beit_split_qkv_bias_cannot_hold_a_gained_bias():
-    """Fails if BEiT's qkv (bias-free, whose qkv_bias flag makes separate q/v bias tensors, not a
-    qkv.bias) is reported exportable, or a ViT qkv built without bias is reported unexportable."""
+def test_beit_and_eva_split_qkv_bias_cannot_hold_a_gained_bias():
+    """Fails if BEiT's or EVA's qkv (bias-free, whose qkv_bias flag makes separate q/v bias tensors,
+    not a qkv.bias) is reported exportable, or a ViT qkv built without bias is reported unexportable."""
     beit = timm.create_model("beit_base_patch16_224", num_classes=3, qkv_bias=False, **TINY_VIT_KWARGS)
     glora.inject_glora(beit, RANK)
     assert unexportable_bias_free(beit) == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    eva = timm.create_model("eva02_tiny_patch14_224", num_classes=3, qkv_bias=False,
+                            **{**TINY_VIT_KWARGS, "img_size": 28, "patch_size": 7})
+    glora.inject_glora(eva, RANK)
+    assert unexportable_bias_free(eva) == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
     assert unexportable_bias_free(tiny_bias_free_vit()) == []
