@@ -13,7 +13,6 @@ Prints the times and the per-epoch ratio; also checks both paths give the same t
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
-import vtab  # noqa: E402
+import vtab
 
 TASK = "cifar"  # any registered task; labels are i % 100
 

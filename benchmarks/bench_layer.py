@@ -24,20 +24,17 @@ import argparse
 import copy
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
-import glora  # noqa: E402
-from glora.layer import GLoRALinear  # noqa: E402
-from glora.model import build_model  # noqa: E402
-from glora.space import parse_option, sample_choice  # noqa: E402
+import glora
+from glora.layer import GLoRALinear
+from glora.model import build_model
+from glora.space import parse_option, sample_choice
 
 MODEL = "vit_tiny_patch16_224"
 QUICK = dict(embed_dim=32, depth=2, img_size=32, patch_size=8, heads=2, batch_size=16, steps=2,

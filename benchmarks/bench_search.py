@@ -13,16 +13,12 @@ import argparse
 import functools
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from glora.search import EvolutionSearch, feasible_range, random_candidate  # noqa: E402
-from glora.space import (SUPPORTS, option_params, sample_choice, subnet_params,  # noqa: E402
+from glora.search import EvolutionSearch, feasible_range, random_candidate
+from glora.space import (SUPPORTS, option_params, sample_choice, subnet_params,
                          support_options)
 
 VIT_B = [(768, 2304), (768, 768), (768, 3072), (3072, 768)] * 12  # 12 blocks x qkv, proj, fc1, fc2

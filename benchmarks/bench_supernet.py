@@ -29,7 +29,6 @@ import gc
 import json
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -37,12 +36,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
-import glora  # noqa: E402
-import vtab  # noqa: E402
-from glora.engine import train_one_epoch  # noqa: E402
-from glora.model import autocast_dtype, build_model, resolve_device  # noqa: E402
-from bench_data import TASK, PerItemDataset, make_task  # noqa: E402  (same folder)
+import glora
+import vtab
+from glora.engine import train_one_epoch
+from glora.model import autocast_dtype, build_model, resolve_device
+from bench_data import TASK, PerItemDataset, make_task  # same folder (run as a script)
 
 TINY_KWARGS = '{"patch_size": 4, "embed_dim": 192, "depth": 4, "num_heads": 3}'
 CASES = ("glora", "glora-fp32", "pil", "full")

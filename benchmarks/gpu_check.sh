@@ -16,6 +16,7 @@
 #   run(command="bash benchmarks/gpu_check.sh", timeout_s=420)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # glora and vtab from this checkout, installed or not
 
 if [[ "${GPU_CHECK_TINY:-0}" == 1 ]]; then
   flags=(--device cpu --model vit_tiny_patch16_224
