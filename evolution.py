@@ -151,7 +151,8 @@ def main(args: argparse.Namespace) -> None:
     task, ckpt, model = load_model(args, device)
     names = [n for n, _ in glora.glora_layers(model)]
     subnet, method = choose_fixed(args, ckpt, names)
-    if method == "glora":  # fail in seconds on an impossible budget, before any data is read
+    searching = subnet is None and ckpt["mode"] == "supernet"
+    if searching:  # fail in seconds on an impossible budget, before any data is read
         check_budget(args.rank, glora.layer_shapes(model), round(args.min_param_limits * 1e6),
                      round(args.param_limits * 1e6))
     splits = vtab.PROTOCOLS[args.protocol]
@@ -159,7 +160,7 @@ def main(args: argparse.Namespace) -> None:
     loaders = {split: eval_loader(args, task, split, device) for split in {splits["search"], splits["test"]}}
     search_loader, test_loader = loaders[splits["search"]], loaders[splits["test"]]
     start = time.time()
-    if method == "glora":
+    if searching:
         subnet, info = run_search(args, model, search_loader, device, out)
     params = glora.count_params(model, subnet) if subnet is not None else sum(
         p.numel() for n, p in model.named_parameters() if not n.startswith("head."))
@@ -167,14 +168,14 @@ def main(args: argparse.Namespace) -> None:
         glora.set_subnet(model, subnet)
         write_yaml(out / "subnet.yaml", subnet_document(names, subnet, args.rank, params, dataset=task.name,
                                                         method=method, protocol=args.protocol,
-                                                        param_limit_M=budget_limit(args, ckpt, method)))
-    if method != "glora":  # a fixed subnet or a fully fine-tuned model: only its search-split score
+                                                        param_limit_M=budget_limit(args, ckpt, searching)))
+    if not searching:  # a fixed subnet or a fully fine-tuned model: only its search-split score
         info = {"search_acc1": evaluate(model, search_loader, device, autocast_dtype(args.precision, device))["acc1"]}
     timer = {"search": time.time() - start}
     start = time.time()
     tested = export_and_test(args, task, model, test_loader, device, out)
     timer["test_and_export"] = time.time() - start
-    results = make_results(args, task, ckpt, method, params, splits, info, tested, timer, model)
+    results = make_results(args, task, ckpt, method, params, splits, info, tested, timer, model, searching)
     write_json(out / "results.json", results)
     print(f"{task.name}: {method} with {params / 1e6:.4f}M params: {splits['search']} acc1 "
           f"{results['search_acc1']:.2f}, test acc1 {results['test_acc1']:.2f} -> {out}")
@@ -183,15 +184,17 @@ def main(args: argparse.Namespace) -> None:
 SPLIT_PARTS = {"train800val200": ("train800", "val200")}
 
 
-def budget_limit(args, ckpt, method: str) -> float | None:
-    """The parameter limit (M) a GLoRA subnet was searched under: this search's, or the one its
-    training checkpoint recorded from the search's subnet.yaml."""
-    if method == "glora" and ckpt["mode"] == "supernet":
+def budget_limit(args, ckpt, searching: bool) -> float | None:
+    """The parameter limit (M) a GLoRA subnet was searched under: this search's, or the one the
+    search's subnet.yaml recorded (given with --subnet, or carried by a training checkpoint)."""
+    if searching:
         return args.param_limits
+    if args.subnet:
+        return subnet_origin(args.subnet)["param_limit_M"]
     return ckpt.get("param_limit_M")
 
 
-def make_results(args, task, ckpt, method, params, splits, info, tested, timer, model) -> dict:
+def make_results(args, task, ckpt, method, params, splits, info, tested, timer, model, searching) -> dict:
     """The results.json record (format in notes/INTERFACES.md)."""
     stats = info.pop("stats", {})
     draws = stats.get("plain_draws", 0)
@@ -207,8 +210,8 @@ def make_results(args, task, ckpt, method, params, splits, info, tested, timer, 
             "selection_split": splits["search"], "search_acc1": info.pop("search_acc1"), **tested,
             "params": params, "params_M": params / 1e6,
             "head_params": sum(p.numel() for n, p in model.named_parameters() if n.startswith("head.")),
-            "param_limit_M": budget_limit(args, ckpt, method),
-            "min_param_limit_M": args.min_param_limits if searched else None,
+            "param_limit_M": budget_limit(args, ckpt, searching),
+            "min_param_limit_M": args.min_param_limits if searching else None,
             "rank": args.rank, "seed": args.seed, "supernet_seed": ckpt["config"].get("seed"),
             "supernet_epochs": ckpt["epoch"], "model": args.model, "model_kwargs": dict(args.model_kwargs),
             "search": {**info, "stats": stats,

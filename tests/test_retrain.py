@@ -36,15 +36,16 @@ def searched(tmp_path_factory):
 def retrain(root, out, *extra):
     supernet.cli(["--config", str(root / "c.yaml"), "--protocol", "retrain", "--save_path",
                   str(root / out), "--epochs", "2", "--eval-every", "2", *extra])
+    # another search seed: an export that searched again would not land on the same subnet
     evolution.cli(["--config", str(root / "c.yaml"), "--protocol", "retrain", "--load_path",
-                   str(root / out), "--save_path", str(root / f"{out}_export")])
+                   str(root / out), "--save_path", str(root / f"{out}_export"), "--seed", "7"])
     return json.loads((root / f"{out}_export" / "results.json").read_text())
 
 
 def test_inherited_retrain_at_lr_zero_reproduces_the_searched_subnet(searched):
     """Fails if --init-from does not start the subnet's tensors and head from the supernet, if the
-    schedule lifts lr 0 to its warm-up/floor values, or if the retrain checkpoint does not record
-    that it trained on train800val200."""
+    schedule lifts lr 0 to its warm-up/floor values, if the retrain checkpoint does not record
+    that it trained on train800val200, or if exporting a trained GLoRA subnet searches again."""
     root = searched
     inherited = json.loads((root / "search" / "results.json").read_text())
     got = retrain(root, "lr0", "--subnet", str(root / "search" / "subnet.yaml"),
@@ -53,6 +54,10 @@ def test_inherited_retrain_at_lr_zero_reproduces_the_searched_subnet(searched):
     assert ckpt["splits"]["train"] == "train800val200" and ckpt["init"] == "inherited"
     assert ckpt["method"] == "glora" and ckpt["param_limit_M"] == 0.006
     assert got["test_acc1"] == inherited["test_acc1"] and got["params"] == inherited["params"]
+    searched_doc = yaml.safe_load((root / "search" / "subnet.yaml").read_text())
+    exported_doc = yaml.safe_load((root / "lr0_export" / "subnet.yaml").read_text())
+    assert exported_doc["layers"] == searched_doc["layers"]
+    assert "num_evaluated" not in got["search"] and not (root / "lr0_export" / "history.jsonl").exists()
     a = load_file(root / "search" / "merged" / "model.safetensors")
     b = load_file(root / "lr0_export" / "merged" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
