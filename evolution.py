@@ -25,11 +25,13 @@ import glora
 import vtab
 from glora.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_subnet,
                               subnet_document, subnet_origin, versions)
-from glora.config import add_common_args, config_dict, parse_args, sigterm_as_interrupt, write_yaml
+from glora.config import (add_common_args, config_dict, given_keys, parse_args, sigterm_as_interrupt,
+                          write_yaml)
 from glora.engine import evaluate
 from glora.merge import CandidateModel, export_timm_folder
 from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
 from glora.search import BudgetError, EvolutionSearch, check_budget
+from glora.timm_bias import unexportable_bias_free
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,19 +55,64 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(args: argparse.Namespace, device: torch.device):
-    """The backbone with the supernet's trained tensors, checked against the flags."""
+def load_model(args: argparse.Namespace, device: torch.device, given: set[str]):
+    """The backbone with the supernet's trained tensors; settings come from the checkpoint."""
     task = vtab.resolve_task(args.dataset)
     ckpt_path = Path(args.load_path) / f"{task.name}.pt"
     ckpt = load_checkpoint(ckpt_path)
-    check_compatible(ckpt, {"model": args.model, "model_kwargs": dict(args.model_kwargs), "rank": args.rank,
-                            "protocol": supernet_protocol(ckpt, args.protocol), "dataset": task.name}, ckpt_path)
+    adopt_recorded(args, ckpt, ckpt_path, given)
+    check_compatible(ckpt, {"dataset": task.name}, ckpt_path)
     model = build_model(args.model, task.num_classes, args.pretrained, args.model_kwargs, drop_path_rate=0.0)
     if ckpt["mode"] != "full":
-        glora.inject_glora(model, args.rank)
+        names = glora.inject_glora(model, args.rank, targets=args.targets)
+        recorded = ckpt.get("layer_names")
+        if recorded is not None and names != recorded:
+            raise CheckpointError(f"{ckpt_path} holds {len(recorded)} GLoRA layers ({recorded[0]} …), but "
+                                  f"targets {args.targets!r} give {len(names)} here ({names[0]} …)")
     glora.load_trained_state(model, ckpt["state_dict"], full=ckpt["mode"] == "full")
     print(f"loaded {ckpt_path} ({ckpt['mode']}, epoch {ckpt['epoch']})")
     return task, ckpt, model.to(device).eval()
+
+
+# Settings a checkpoint records and this step takes from it, unless a flag given explicitly says otherwise.
+ADOPTED = ("model", "model_kwargs", "rank", "targets", "input_size", "protocol")
+
+
+def adopt_recorded(args: argparse.Namespace, ckpt: dict, path: Path, given: set[str]) -> None:
+    """Take model, kwargs, rank, targets, input size, protocol and weights path from the checkpoint;
+    refuse a flag given on the command line or in the YAML that contradicts one of them.
+
+    An original-code checkpoint records only the rank, so the flags are trusted for the rest. The
+    weights path may legitimately differ (a moved file): an explicit ``--pretrained`` wins, with a note.
+    """
+    recorded = {key: ckpt[key] for key in ADOPTED if key in ckpt}
+    if ckpt.get("mode") == "full":
+        recorded.pop("targets", None)
+    elif "model" in recorded and recorded.get("targets") is None:  # saved before targets were recorded
+        recorded["targets"] = glora.DEFAULT_TARGETS
+    args.targets = args.targets or glora.DEFAULT_TARGETS
+    current = {key: getattr(args, key) for key in recorded}
+    if "protocol" in recorded:  # val and retrain share one supernet
+        current["protocol"] = supernet_protocol(ckpt, args.protocol)
+    check_compatible(recorded, {key: value for key, value in current.items() if key in given}, path)
+    for key, value in recorded.items():
+        if key not in given:
+            setattr(args, key, value)
+    weights = ckpt.get("config", {}).get("pretrained")
+    if weights is not None and "pretrained" not in given:
+        args.pretrained = weights
+    elif weights is not None and args.pretrained != weights:
+        print(f"note: backbone weights from --pretrained {args.pretrained} (the checkpoint was trained with {weights})")
+
+
+def refuse_unexportable(model) -> None:
+    """A search may give any bias-free layer a bias; refuse at once where timm could not hold it."""
+    layers = unexportable_bias_free(model)
+    if layers:
+        raise ValueError(f"{layers[0]}{f' and {len(layers) - 1} more' if len(layers) > 1 else ''}: no bias, "
+                         "and timm has no flag to give one, so a searched subnet using C or E there could "
+                         "not be exported; train the supernet with --targets leaving it out, or pass "
+                         "--subnet with C and E 'none' there")
 
 
 def supernet_protocol(ckpt: dict, protocol: str) -> str:
@@ -142,19 +189,24 @@ def eval_loader(args, task, split: str, device: torch.device):
     return vtab.Loader(data, args.eval_batch_size, shuffle=False, drop_last=False, device=device, resident=False)
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace, given: set[str] | None = None) -> None:
+    """``given``: the options set explicitly (default: those that differ from the parser's defaults)."""
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     out = Path(args.save_path)
     out.mkdir(parents=True, exist_ok=True)
-    write_yaml(out / "args.yaml", config_dict(args))
-    task, ckpt, model = load_model(args, device)
+    if given is None:
+        parser = get_args_parser()
+        given = {key for key, value in vars(args).items() if value != parser.get_default(key)}
+    task, ckpt, model = load_model(args, device, given)
+    write_yaml(out / "args.yaml", config_dict(args))  # the resolved settings, checkpoint's included
     names = [n for n, _ in glora.glora_layers(model)]
     subnet, method = choose_fixed(args, ckpt, names)
     searching = subnet is None and ckpt["mode"] == "supernet"
-    if searching:  # fail in seconds on an impossible budget, before any data is read
+    if searching:  # fail in seconds on an impossible budget or an unexportable layer, before any data is read
         check_budget(args.rank, glora.layer_shapes(model), round(args.min_param_limits * 1e6),
                      round(args.param_limits * 1e6))
+        refuse_unexportable(model)
     splits = vtab.PROTOCOLS[args.protocol]
     # Under the paper protocol the search split is the test split: load it once.
     loaders = {split: eval_loader(args, task, split, device) for split in {splits["search"], splits["test"]}}
@@ -234,10 +286,11 @@ def write_lines(path: Path, records) -> None:
 
 def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
-    args = parse_args(get_args_parser(), argv)
+    parser = get_args_parser()
+    args = parse_args(parser, argv)
     try:
         with sigterm_as_interrupt():
-            main(args)
+            main(args, given_keys(parser, argv))
     except KeyboardInterrupt:
         raise SystemExit(f"interrupted; the search state of the last finished generation is in "
                          f"{Path(args.save_path) / 'search_state.json'}; continue with --resume") from None

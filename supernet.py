@@ -27,6 +27,8 @@ from glora.config import add_common_args, config_dict, parse_args, sigterm_as_in
 from glora.engine import (NonFiniteLossError, evaluate, evaluate_subnets, train_one_epoch,
                           zero_fill_stepped_grads)
 from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
+from glora.probe import check_targets_called
+from glora.timm_bias import unexportable_bias_free
 from glora.space import sample_choice
 
 
@@ -77,9 +79,11 @@ class Run:
         self.model = build_model(args.model, self.task.num_classes, args.pretrained,
                                  args.model_kwargs, args.drop_path)
         self.layer_names: list[str] = []
-        self.sampler = self.subnet = None
+        self.sampler = self.subnet = self.targets = None
         if self.mode != "full":
-            self.layer_names = glora.inject_glora(self.model, args.rank)
+            self.targets = args.targets or glora.DEFAULT_TARGETS
+            probe = torch.zeros(1, args.model_kwargs.get("in_chans", 3), args.input_size, args.input_size)
+            self.layer_names = inject_targets(self.model, self.targets, args.rank, probe)
             glora.mark_trainable(self.model)
         self.origin = {"method": "full_finetune" if self.mode == "full" else "glora", "param_limit_M": None}
         if self.mode == "subnet":
@@ -117,7 +121,7 @@ class Run:
         return {"format_version": 1, "mode": self.mode, **self.origin, **self.init,
                 "state_dict": self.trained_state(),
                 "config": config_dict(a), "dataset": self.task.name, "protocol": a.protocol,
-                "splits": dict(self.splits), "rank": a.rank, "model": a.model,
+                "splits": dict(self.splits), "rank": a.rank, "targets": self.targets, "model": a.model,
                 "model_kwargs": dict(a.model_kwargs), "input_size": a.input_size,
                 "num_classes": self.task.num_classes, "layer_names": list(self.layer_names),
                 "subnet": self.subnet, "eval_subnets": self.eval_subnets, "epoch": self.epoch,
@@ -130,8 +134,8 @@ class Run:
         ckpt = load_checkpoint(self.ckpt_path)
         a = self.args
         check_compatible(ckpt, {"model": a.model, "model_kwargs": dict(a.model_kwargs), "rank": a.rank,
-                                "protocol": a.protocol, "dataset": self.task.name, "mode": self.mode,
-                                "init": self.init["init"]}, self.ckpt_path)
+                                "targets": self.targets, "protocol": a.protocol, "dataset": self.task.name,
+                                "mode": self.mode, "init": self.init["init"]}, self.ckpt_path)
         schedule = {k: ckpt["config"].get(k) for k in SCHEDULE_KEYS}
         if schedule != {k: getattr(a, k) for k in SCHEDULE_KEYS}:
             raise CheckpointError(f"{self.ckpt_path} was trained with {schedule}; resume with the same "
@@ -153,6 +157,17 @@ class Run:
         return evaluate(self.model, loader, self.device, amp)
 
 
+def inject_targets(model, targets: str, rank: int, probe: torch.Tensor) -> list[str]:
+    """GLoRA into the linears ``targets`` matches, once a forward pass on ``probe`` shows they are called."""
+    check_targets_called(model, targets, probe)
+    names = glora.inject_glora(model, rank, targets=targets)
+    unexportable = unexportable_bias_free(model)
+    if unexportable:  # evolution.py refuses to search these; say so before hours of training
+        print(f"note: {', '.join(unexportable[:3])}{' …' if len(unexportable) > 3 else ''}: no bias, and "
+              "timm has no flag to give one, so a subnet using C or E there cannot be exported")
+    return names
+
+
 def init_from_supernet(run: Run, spec: str) -> dict:
     """Start a fixed subnet's glora_* tensors and head from a supernet checkpoint; the record of it."""
     a = run.args
@@ -163,7 +178,7 @@ def init_from_supernet(run: Run, spec: str) -> dict:
     path = path / f"{run.task.name}.pt" if path.is_dir() else path
     ckpt = load_checkpoint(path)
     check_compatible(ckpt, {"model": a.model, "model_kwargs": dict(a.model_kwargs), "rank": a.rank,
-                            "dataset": run.task.name}, path)
+                            "targets": run.targets, "dataset": run.task.name}, path)
     if ckpt.get("mode") == "full":
         raise CheckpointError(f"{path} is a full fine-tuning checkpoint; --init-from needs GLoRA tensors")
     source = ckpt.get("protocol")

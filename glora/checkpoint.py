@@ -13,7 +13,7 @@ from glora.space import PRESETS, preset_subnet, validate_choice
 
 FORMAT_VERSION = 1
 # What must agree between a checkpoint and the flags that try to use it.
-COMPAT_KEYS = ("model", "model_kwargs", "rank", "protocol", "dataset", "mode", "init")
+COMPAT_KEYS = ("model", "model_kwargs", "rank", "targets", "input_size", "protocol", "dataset", "mode", "init")
 
 
 class CheckpointError(RuntimeError):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -24,6 +25,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="backbone weights: .npz (Google layout), .pth/.pt/.safetensors, or none")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank of the supernet supports")
+    parser.add_argument("--targets", type=str, default=None,
+                        help="regex over qualified module names of the nn.Linear layers that get GLoRA "
+                             r"(full match; default: the ViT block linears, blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2)))")
     parser.add_argument("--protocol", type=str, default="val", choices=("val", "paper", "retrain"),
                         help="val: train800 / search val200; paper: train800val200 / search test; "
                              "retrain: as val, then the chosen subnet and baselines train on train800val200")
@@ -46,6 +50,19 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     if getattr(pre, "config", None):
         parser.set_defaults(**load_yaml_overrides(parser, pre.config))
     return parser.parse_args(argv)
+
+
+def given_keys(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """Destinations set explicitly, on the command line or in the ``--config`` YAML (not defaults)."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS  # absent flags then leave no attribute at all
+    probe._defaults = {}
+    given, _ = probe.parse_known_args(argv)
+    keys = set(vars(given))
+    if getattr(given, "config", None):
+        keys |= set(load_yaml_overrides(parser, given.config))
+    return keys - {"config"}
 
 
 def load_yaml_overrides(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:

@@ -26,10 +26,12 @@ def check_targets_called(model: nn.Module, targets: str | None, *inputs: Any, **
     called: set[str] = set()
     hooks = [model.get_submodule(name).register_forward_pre_hook(
         lambda module, args, name=name: called.add(name)) for name in names]
-    try:
+    training = model.training
+    try:  # eval mode: no dropout or drop-path, so no draw from torch's global RNG
         with torch.no_grad():
-            model(*inputs, **kwargs)
+            model.eval()(*inputs, **kwargs)
     finally:
+        model.train(training)
         for hook in hooks:
             hook.remove()
     silent = [name for name in names if name not in called]
