@@ -9,7 +9,9 @@ with one line naming the layer, before anything is written.
 """
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 from typing import Any
 
 import torch
@@ -81,10 +83,20 @@ def _arch_and_args(model: nn.Module) -> tuple[str, dict[str, Any]]:
 
 
 def _build_keys(arch: str, args: dict[str, Any]) -> set[str]:
-    # The meta device builds the module tree without allocating or initialising any tensor.
+    """State-dict keys of a fresh build (cached: a search of flags builds the same model often)."""
+    return set(_cached_keys(arch, json.dumps(args, sort_keys=True, default=str)))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_keys(arch: str, args_json: str) -> tuple[str, ...]:
     import timm
 
-    return set(timm.create_model(arch, pretrained=False, device=torch.device("meta"), **args).state_dict())
+    args = json.loads(args_json)
+    try:  # the meta device builds the module tree without allocating or initialising any tensor
+        model = timm.create_model(arch, pretrained=False, device=torch.device("meta"), **args)
+    except (RuntimeError, NotImplementedError):  # a model whose init needs real values
+        model = timm.create_model(arch, pretrained=False, **args)
+    return tuple(model.state_dict())
 
 
 def _false_bias_flags(model: nn.Module, args: dict[str, Any]) -> list[str]:
