@@ -213,7 +213,8 @@ def train_supernet(config, out, seed):
 
 def test_supernet_training_draws_per_step_and_validates_on_fixed_subnets(tmp_path):
     """Fails if supernet.py trains one subnet (a draw cached for the run or an epoch), draws one choice
-    for all layers, or validates on random paths instead of the same fixed subnets each time."""
+    for all layers, or validates on random paths instead of the same fixed subnets each time (and
+    from the seed: the same in a rerun, others for another seed)."""
     config = write_tiny_setup(tmp_path, epochs=4, eval_every=2, lr="1e-3")
     log = train_supernet(config, tmp_path / "a", seed=42)
     steps = log.per_forward(8, training=True)
@@ -224,6 +225,7 @@ def test_supernet_training_draws_per_step_and_validates_on_fixed_subnets(tmp_pat
     evals = log.per_forward(8, training=False)  # 2 validations x 3 subnets x 1 batch of 16
     assert len(evals) == 6 and evals[:3] == evals[3:]
     assert len({tuple(map(key, row)) for row in evals[:3]}) == 3
-    again = train_supernet(config, tmp_path / "b", seed=42).per_forward(8, training=True)
-    other = train_supernet(config, tmp_path / "c", seed=7).per_forward(8, training=True)
-    assert again == steps and other != steps
+    again = train_supernet(config, tmp_path / "b", seed=42)
+    assert again.per_forward(8, training=True) == steps and again.per_forward(8, training=False) == evals
+    other = train_supernet(config, tmp_path / "c", seed=7)
+    assert other.per_forward(8, training=True) != steps and other.per_forward(8, training=False) != evals
