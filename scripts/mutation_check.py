@@ -47,6 +47,8 @@ def m(name, files, old, new, tests, bug):
 
 T_SAMPLING = "tests/test_sampling.py"
 T_CADENCE = "tests/test_checkpoint_cadence.py"
+T_BUDGET_E2E = "tests/test_budget.py::test_search_keeps_every_candidate_inside_a_binding_budget"
+T_CTRL_C = f"{T_CADENCE}::test_ctrl_c_mid_epoch_saves_the_start_of_epoch_state"
 MUTATIONS = [
     # 1. per-forward sampling
     m("layer_keeps_first_draw", "glora/layer.py", "        return self.sampler.draw(self.rank)",
@@ -62,7 +64,8 @@ MUTATIONS = [
     m("sampler_ignores_seed", "glora/layer.py", "        self.rng = random.Random(seed)",
       "        self.rng = random.Random(0)", T_SAMPLING, "the sampler ignores its seed"),
     m("eval_subnets_unseeded", "supernet.py", "        rng = random.Random(args.seed + 1)",
-      "        rng = random.Random()", f"{T_SAMPLING}::test_supernet_training_draws_per_step_and_validates_on_fixed_subnets",
+      "        rng = random.Random()",
+      f"{T_SAMPLING}::test_supernet_training_draws_per_step_and_validates_on_fixed_subnets",
       "validation subnets are not seeded"),
     # 2, 6. candidate scoring and reported numbers
     m("bare_backbone_scorer", "evolution.py", "evaluate(candidate.load(subnet), search_loader",
@@ -81,10 +84,10 @@ MUTATIONS = [
       "the reported test accuracy is measured on the search split"),
     # 3, 4. the budget
     m("ignores_param_limits", "evolution.py", "max_params=round(args.param_limits * 1e6),",
-      "max_params=round(1.0 * 1e6),", "tests/test_budget.py::test_search_keeps_every_candidate_inside_a_binding_budget",
+      "max_params=round(1.0 * 1e6),", T_BUDGET_E2E,
       "--param-limits is ignored"),
     m("ignores_min_param_limits", "evolution.py", "min_params=round(args.min_param_limits * 1e6), seed=args.seed,",
-      "min_params=0, seed=args.seed,", "tests/test_budget.py::test_search_keeps_every_candidate_inside_a_binding_budget",
+      "min_params=0, seed=args.seed,", T_BUDGET_E2E,
       "--min-param-limits is ignored"),
     m("c_vector_counts_out", "glora/space.py", 'return in_features if support == "C" else out_features',
       "return out_features", "tests/test_budget.py", "C = vector counted as out_features"),
@@ -97,20 +100,21 @@ MUTATIONS = [
     m("interrupt_saves_current_state", "supernet.py",
       "        except KeyboardInterrupt:\n            atomic_torch_save(snapshot, run.ckpt_path)",
       "        except KeyboardInterrupt:\n            atomic_torch_save(run.payload(), run.ckpt_path)",
-      f"{T_CADENCE}::test_ctrl_c_mid_epoch_saves_the_start_of_epoch_state",
+      T_CTRL_C,
       "Ctrl-C saves the mid-epoch state"),
     m("interrupt_saves_nothing", "supernet.py",
       "        except KeyboardInterrupt:\n            atomic_torch_save(snapshot, run.ckpt_path)",
-      "        except KeyboardInterrupt:\n            pass", f"{T_CADENCE}::test_ctrl_c_mid_epoch_saves_the_start_of_epoch_state",
+      "        except KeyboardInterrupt:\n            pass", T_CTRL_C,
       "Ctrl-C saves nothing"),
     m("no_log_trim", "supernet.py", "        trim_log(run.log_path, run.epoch)", "        pass",
-      f"{T_CADENCE}::test_resume_after_a_crash_trims_the_log_past_the_checkpoint", "the log is not trimmed on resume"),
+      f"{T_CADENCE}::test_resume_after_a_crash_trims_the_log_past_the_checkpoint",
+      "the log is not trimmed on resume"),
     m("sigterm_not_handled", "glora/config.py",
       "previous = signal.signal(signal.SIGTERM, signal.default_int_handler)",
       "previous = signal.getsignal(signal.SIGTERM)",
       f"{T_CADENCE}::test_real_sigterm_mid_epoch_saves_the_start_of_epoch_state", "SIGTERM kills without saving"),
     m("resume_forgets_sampler", "supernet.py", '            self.sampler.load_state_dict(ckpt["sampler"])',
-      "            pass", f"{T_CADENCE}::test_ctrl_c_mid_epoch_saves_the_start_of_epoch_state",
+      "            pass", T_CTRL_C,
       "resume restarts the sampler"),
     # 9. protocols, refusals, export
     m("paper_searches_val200", "vtab/dataset.py", '"paper": {"train": "train800val200", "search": "test"',
@@ -143,8 +147,13 @@ MUTATIONS = [
     # core math and search, for reference
     m("d_ignores_b0", "glora/layer.py", "bias = bias + b0 * d", "bias = bias + d", "tests/test_layer.py",
       "D adds instead of scaling b0"),
-    m("merge_aliases_w0", "glora/layer.py", "weight = weight.detach().clone()", "weight = weight.detach()",
-      "tests/test_inject_merge.py", "the merged weight aliases W0 for an all-none layer"),
+    m("merge_skips_finite_check", "glora/layer.py",
+      "if tensor is not None and not torch.isfinite(tensor).all():", "if False:",
+      "tests/test_inject_merge.py", "merging writes non-finite weights"),
+    m("merge_drops_gained_bias", "glora/layer.py",
+      "linear = nn.Linear(layer.in_features, layer.out_features, bias=bias is not None,",
+      "linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,",
+      "tests/test_export.py", "a bias created by C or E is lost where the layer had none"),
     m("top_k_not_all_time", "glora/search.py",
       'self.top_k = sorted(self.top_k + self.candidates, key=self._rank)[:cfg["select_num"]]',
       'self.top_k = sorted(self.candidates, key=self._rank)[:cfg["select_num"]]', "tests/test_search.py",

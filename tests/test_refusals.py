@@ -36,8 +36,10 @@ SAME_SHAPES_OTHER_KWARGS = json.dumps({**TINY_VIT_KWARGS, "drop_rate": 0.1})
 
 
 @pytest.mark.parametrize("flags,expected", [
-    (["--model-kwargs", SAME_SHAPES_OTHER_KWARGS], r"model_kwargs: checkpoint has \{.*\}, flags give \{.*'drop_rate': 0.1"),
-    (["--model", "vit_small_patch16_224"], r"model: checkpoint has 'vit_tiny_patch16_224', flags give 'vit_small_patch16_224'"),
+    (["--model-kwargs", SAME_SHAPES_OTHER_KWARGS],
+     r"model_kwargs: checkpoint has \{.*\}, flags give \{.*'drop_rate': 0.1"),
+    (["--model", "vit_small_patch16_224"],
+     r"model: checkpoint has 'vit_tiny_patch16_224', flags give 'vit_small_patch16_224'"),
     (["--subnet", "lora"], r"mode: checkpoint has 'supernet', flags give 'subnet'"),
     (["--full-finetune", "--pretrained", "none"], r"mode: checkpoint has 'supernet', flags give 'full'"),
 ], ids=["model_kwargs", "model", "mode_subnet", "mode_full"])
@@ -71,7 +73,8 @@ def subnet_file(root, name, content):
 
 
 SUBNET_FILES = [
-    ("nonsense", None, r"--subnet 'nonsense' is neither a preset \(linear_probe, lora, bitfit, ssf, largest\) nor a file"),
+    ("nonsense", None,
+     r"--subnet 'nonsense' is neither a preset \(linear_probe, lora, bitfit, ssf, largest\) nor a file"),
     ("list.yaml", ["a", "b"], r"list.yaml is not a subnet file \(expected 'rank' and 'layers': name -> choice\)"),
     ("broken.yaml", "rank: 4\nlayers: {a: [\n", r"broken.yaml is not a subnet file"),
     ("rank8.yaml", {"rank": 8, "layers": {n: CHOICE for n in LAYERS}},

