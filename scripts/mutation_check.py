@@ -124,17 +124,17 @@ MUTATIONS = [
       '"paper": {"train": "train800", "search": "test"',
       "tests/test_scoring.py::test_paper_protocol_end_to_end", "protocol paper trains on train800"),
     m("model_kwargs_unchecked", "glora/checkpoint.py",
-      'COMPAT_KEYS = ("model", "model_kwargs", "rank", "protocol", "dataset", "mode")',
-      'COMPAT_KEYS = ("model", "rank", "protocol", "dataset", "mode")', "tests/test_refusals.py",
+      'COMPAT_KEYS = ("model", "model_kwargs", "rank", "protocol", "dataset", "mode"',
+      'COMPAT_KEYS = ("model", "rank", "protocol", "dataset", "mode"', "tests/test_refusals.py",
       "model kwargs of a checkpoint are not compared"),
     m("model_unchecked", "glora/checkpoint.py",
-      'COMPAT_KEYS = ("model", "model_kwargs", "rank", "protocol", "dataset", "mode")',
-      'COMPAT_KEYS = ("model_kwargs", "rank", "protocol", "dataset", "mode")', "tests/test_refusals.py",
+      'COMPAT_KEYS = ("model", "model_kwargs", "rank", "protocol", "dataset", "mode"',
+      'COMPAT_KEYS = ("model_kwargs", "rank", "protocol", "dataset", "mode"', "tests/test_refusals.py",
       "the model name of a checkpoint is not compared"),
     m("mode_unchecked", "glora/checkpoint.py",
-      'COMPAT_KEYS = ("model", "model_kwargs", "rank", "protocol", "dataset", "mode")',
-      'COMPAT_KEYS = ("model", "model_kwargs", "rank", "protocol", "dataset")', "tests/test_refusals.py",
-      "the mode of a checkpoint is not compared"),
+      'COMPAT_KEYS = ("model", "model_kwargs", "rank", "protocol", "dataset", "mode"',
+      'COMPAT_KEYS = ("model", "model_kwargs", "rank", "protocol", "dataset", "unchecked_mode"',
+      "tests/test_refusals.py", "the mode of a checkpoint is not compared"),
     m("subnet_rank_unchecked", "glora/checkpoint.py", "    if file_rank > rank:", "    if False:",
       "tests/test_refusals.py", "a subnet file of a higher rank is accepted"),
     m("export_crops", "glora/merge.py", '"crop_pct": 1.0}', '"crop_pct": 0.875}', "tests/test_export.py",
@@ -230,6 +230,13 @@ def check(mutations: list[Mutation], timeout: int) -> list[dict]:
         return rows
 
 
+def revision() -> str:
+    """The commit the working tree is at, marked when it has uncommitted changes."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def markdown(rows: list[dict], command: str, seconds: float) -> str:
     killed = sum(r["result"].startswith("killed") for r in rows)
     survived = [r["mutation"].name for r in rows if r["result"] == "SURVIVED"]
@@ -237,8 +244,8 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
     lines = ["# Mutation check", "",
              "One-line bugs put into a copy of the code; each must make the tests aimed at it fail.",
              "The script and the list of mutations: `scripts/mutation_check.py`.", "",
-             f"Command: `{command}` ({datetime.date.today().isoformat()}, {seconds / 60:.1f} min on a "
-             "2-core CPU).", "",
+             f"Command: `{command}` at commit {revision()} ({datetime.date.today().isoformat()}, "
+             f"{seconds / 60:.1f} min on a 2-core CPU shared with other work).", "",
              f"Result: {killed} of {len(rows)} killed"
              + (f"; survived: {', '.join(survived)}" if survived else "; none survived")
              + (f"; not run: {', '.join(other)}" if other else "") + ".", "",
