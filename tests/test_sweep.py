@@ -2,6 +2,7 @@
 failing task, the report), then the orchestration details against a stand-in python."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +52,15 @@ def first(tmp_path_factory):
     return root / "runs dir", env, result
 
 
+def private_copy(first, tmp_path):
+    """The first sweep's runs folder copied for one test (same settings, its own RUNS)."""
+    runs, env, _ = first
+    copy = tmp_path / "runs dir"
+    shutil.copytree(runs, copy)
+    return copy, {**env, "RUNS": str(copy)}
+
+
+@pytest.mark.slow
 def test_sweep_runs_both_commands_per_task_then_the_report(first):
     runs, _, res = first
     out = res.stdout
@@ -75,8 +85,9 @@ def test_sweep_runs_both_commands_per_task_then_the_report(first):
     assert (runs / "report.csv").is_file() and "report: wrote" in out
 
 
-def test_second_sweep_skips_everything(first):
-    runs, env, _ = first
+@pytest.mark.slow
+def test_second_sweep_skips_everything(first, tmp_path):
+    runs, env = private_copy(first, tmp_path)
     results = [runs / t / "0.006M_seed1" / "results.json" for t in TASKS]
     before = [p.stat().st_mtime_ns for p in results]
     res = sweep(*TASKS, **env, NO_REPORT="1")
@@ -89,8 +100,9 @@ def test_second_sweep_skips_everything(first):
     assert "2 of 2 task(s) done" in res.stdout and "report: skip" in res.stdout
 
 
-def test_interrupted_supernet_resumes_while_a_task_without_data_fails(first):
-    runs, env, _ = first
+@pytest.mark.slow
+def test_interrupted_supernet_resumes_while_a_task_without_data_fails(first, tmp_path):
+    runs, env = private_copy(first, tmp_path)
     (runs / "eurosat" / "supernet" / "DONE").unlink()  # as if killed after the last checkpoint
     res = sweep("dtd", "eurosat", **env, NO_REPORT="1")  # dtd: no data folder
     out = res.stdout
