@@ -25,7 +25,8 @@ import glora
 import vtab
 from glora.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_subnet,
                               subnet_document, subnet_origin, versions)
-from glora.config import add_common_args, config_dict, parse_args, sigterm_as_interrupt, write_yaml
+from glora.config import (add_common_args, config_dict, differing_settings, parse_args,
+                          sigterm_as_interrupt, write_yaml)
 from glora.engine import evaluate
 from glora.merge import CandidateModel, export_timm_folder
 from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
@@ -142,10 +143,33 @@ def eval_loader(args, task, split: str, device: torch.device):
     return vtab.Loader(data, args.eval_batch_size, shuffle=False, drop_last=False, device=device, resident=False)
 
 
+def completed(args: argparse.Namespace) -> str | None:
+    """'already finished: …' if --save_path holds this run's results.json, else None.
+
+    Results written with other settings are an error, never silently reused.
+    """
+    path = Path(args.save_path) / "results.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent or half-written: not finished
+        return None
+    diffs = differing_settings(record.get("config", {}), config_dict(args))
+    if diffs:
+        raise CheckpointError(f"{path} holds results of other settings ({'; '.join(diffs)}); "
+                              "use another --save_path or delete it")
+    return f"already finished: {path} (test acc1 {record.get('test_acc1')})"
+
+
 def main(args: argparse.Namespace) -> None:
+    out = Path(args.save_path)
+    if args.resume == "auto":  # finished: nothing to do; a search state: continue it; none: start
+        finished = completed(args)
+        if finished:
+            print(finished)
+            return
+        args.resume = (out / "search_state.json").is_file()
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
-    out = Path(args.save_path)
     out.mkdir(parents=True, exist_ok=True)
     write_yaml(out / "args.yaml", config_dict(args))
     task, ckpt, model = load_model(args, device)
@@ -213,7 +237,7 @@ def make_results(args, task, ckpt, method, params, splits, info, tested, timer, 
             "supernet_epochs": ckpt["epoch"], "model": args.model, "model_kwargs": dict(args.model_kwargs),
             "search": {**info, "stats": stats,
                        "plain_draw_acceptance": stats.get("plain_accepted", 0) / draws if draws else None},
-            "versions": versions(), "wall_time_s": timer,
+            "versions": versions(), "wall_time_s": timer, "config": config_dict(args),
             "subnet_file": "subnet.yaml" if method != "full_finetune" else None, "merged_model_dir": "merged"}
 
 

@@ -23,7 +23,8 @@ import glora
 import vtab
 from glora.checkpoint import (CheckpointError, atomic_torch_save, check_compatible, load_checkpoint,
                               load_subnet, subnet_origin, versions)
-from glora.config import add_common_args, config_dict, parse_args, sigterm_as_interrupt, write_yaml
+from glora.config import (add_common_args, config_dict, differing_settings, parse_args,
+                          sigterm_as_interrupt, write_yaml)
 from glora.engine import (NonFiniteLossError, evaluate, evaluate_subnets, train_one_epoch,
                           zero_fill_stepped_grads)
 from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
@@ -232,7 +233,36 @@ def trim_log(path: Path, epoch: int) -> None:
         path.write_text("".join(l + "\n" for l in lines))
 
 
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    """Where this run's checkpoint lives: SAVE_DIR/<dataset>.pt."""
+    return Path(args.save_path) / f"{vtab.resolve_task(args.dataset).name}.pt"
+
+
+def completed(args: argparse.Namespace) -> str | None:
+    """'already finished: …' if --save_path holds this run's checkpoint at epoch --epochs, else None.
+
+    A finished checkpoint trained with other settings is an error, never silently reused.
+    """
+    path = checkpoint_path(args)
+    if not path.is_file():
+        return None
+    ckpt = load_checkpoint(path, mmap=True)
+    if ckpt.get("epoch") != args.epochs:
+        return None
+    diffs = differing_settings(ckpt.get("config", {}), config_dict(args))
+    if diffs:
+        raise CheckpointError(f"{path} is a finished run with other settings ({'; '.join(diffs)}); "
+                              "use another --save_path or delete it")
+    return f"already finished: {path} ({args.epochs} epochs)"
+
+
 def main(args: argparse.Namespace) -> None:
+    if args.resume == "auto":  # finished: nothing to do; a state: continue it; none: start fresh
+        finished = completed(args)
+        if finished:
+            print(finished)
+            return
+        args.resume = checkpoint_path(args).is_file()
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     run = Run(args, device)
