@@ -9,6 +9,21 @@ import statistics
 from typing import Sequence
 
 DASH = "—"
+# Rows from the cheapest method to the most expensive; GLoRA's variants and the protocols in the
+# order a reader compares them.
+METHOD_ORDER = ("linear_probe", "bitfit", "ssf", "lora", "glora", "full_finetune")
+VARIANT_ORDER = ("", "retrained from supernet", "retrained fresh")
+PROTOCOL_ORDER = ("val", "retrain", "paper")
+
+
+def _rank(values: tuple[str, ...], value: str) -> int:
+    return values.index(value) if value in values else len(values)
+
+
+def row_order(row) -> tuple:
+    """Sort key: method, budget, variant, protocol (unknown names after the known ones)."""
+    return (_rank(METHOD_ORDER, row.method), row.method, row.budget_M or 0.0,
+            _rank(VARIANT_ORDER, row.variant), _rank(PROTOCOL_ORDER, row.protocol), row.protocol)
 
 
 def weights_label(method: str, variant: str) -> str:
@@ -47,7 +62,7 @@ def method_table(rows, tasks: Sequence[str]) -> list[str]:
     header = ["method", "budget (M)", "weights", "protocol", "seeds", *tasks, "mean", "params (M)",
               "search − test"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
+    for row in sorted(rows, key=row_order):
         cells = [row.cells[t] for t in tasks if t in row.cells]
         if not cells:
             continue

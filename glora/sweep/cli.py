@@ -7,6 +7,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +15,7 @@ from glora.sweep.jobs import build_jobs, mark_finished
 from glora.sweep.local import LocalBackend, slots_for
 from glora.sweep.plan import (LIST_KEYS, SECTIONS, PlanError, build_plan, merge, parse_flag_string,
                               read_plan_file)
-from glora.sweep.status import Board, summary
+from glora.sweep.status import Board, elapsed, summary
 
 BACKENDS = ("local", "slurm")
 SLURM_OPTIONS = ("partition", "time", "gpus", "cpus", "mem", "parallelism", "account", "no_wait")
@@ -32,8 +33,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     what.add_argument("--seeds", nargs="+", help="each seed S runs every job with --seed S")
     what.add_argument("--protocols", nargs="+", help="val retrain paper")
     for section in SECTIONS:
-        what.add_argument(f"--{section.replace('_', '-')}", dest=section, default=None, metavar="'--flag V ...'",
-                          help=f"flags added to {_section_help(section)} (override the plan's {section})")
+        what.add_argument(f"--{section.replace('_', '-')}", dest=section, action="append", metavar="'--flag V ...'",
+                          help=f"flags added to {_section_help(section)} (override the plan's {section}; "
+                               "may be repeated)")
     how = p.add_argument_group("how to run")
     how.add_argument("--backend", default="local", help="local (default) or slurm")
     how.add_argument("--jobs", type=int, default=1, help="local: concurrent CPU jobs (default 1)")
@@ -67,8 +69,9 @@ def plan_from(args: argparse.Namespace):
     if args.runs:
         overrides["runs"] = args.runs
     for section, clis in SECTIONS.items():
-        if getattr(args, section) is not None:
-            overrides[section] = parse_flag_string(getattr(args, section), clis, f"--{section.replace('_', '-')}")
+        for text in getattr(args, section) or []:  # repeated: later strings override earlier ones
+            flags = parse_flag_string(text, clis, f"--{section.replace('_', '-')}")
+            overrides[section] = {**overrides.get(section, {}), **flags}
     return build_plan(merge(raw, overrides), source=args.plan or "plan")
 
 
@@ -125,6 +128,7 @@ def main(args: argparse.Namespace) -> int:
             from glora.sweep.slurm import describe
             describe(jobs, args)
         return 0
+    start = time.time()
     done = sum(j.state == "done" for j in jobs.values())
     print(f"sweep: {len(jobs)} jobs under {plan.runs}; {done} already finished")
     if args.backend == "slurm":
@@ -135,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
         gpus = [g for g in (args.gpus or "").replace(" ", ",").split(",") if g]
         completed = LocalBackend(slots_for(gpus, args.jobs_per_gpu, args.jobs), board).run(jobs)
         board.close()
-    print("\n".join(summary(jobs)))
+    print("\n".join(summary(jobs)) + f"\nsweep: {elapsed(time.time() - start)} in all")
     if not args.no_report and (completed is not None):
         report(plan.runs, plan.tasks)
     if not completed:
