@@ -28,6 +28,18 @@ class Running:
     slot: int
 
 
+def launch(job: Job, env: dict[str, str], prefix: str = "", **popen) -> tuple[subprocess.Popen, IO]:
+    """Start a job's CLI in its own session, its output appended to its log after a header line."""
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    log = open(job.log, "a")
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {prefix}{shlex.join(job.command())}\n")
+    log.flush()
+    # A new session: a Ctrl-C at the terminal reaches the sweep only, which forwards it once.
+    proc = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env, start_new_session=True, **popen)
+    return proc, log
+
+
 def slots_for(gpus: list[str], jobs_per_gpu: int, jobs: int) -> list[str | None]:
     """One entry per concurrent job: a CUDA_VISIBLE_DEVICES value, or None (no pinning)."""
     return [g for g in gpus for _ in range(jobs_per_gpu)] if gpus else [None] * jobs
@@ -62,14 +74,7 @@ class LocalBackend:
         gpu = self.slots[slot]
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        job.log.parent.mkdir(parents=True, exist_ok=True)
-        log = open(job.log, "a")
-        pin = f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else ""
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {pin}{shlex.join(job.command())}\n")
-        log.flush()
-        # A new session: a Ctrl-C at the terminal reaches the sweep only, which forwards it once.
-        proc = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        proc, log = launch(job, env, f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else "")
         self.running.append(Running(job, proc, log, slot))
         self.board.start(job, f"gpu {gpu}" if gpu is not None else "")
 
