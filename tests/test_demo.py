@@ -22,7 +22,7 @@ def test_demo_script_end_to_end_reduced(tmp_path):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, DATA=str(tmp_path / "data"), BACKBONE=str(tmp_path / "bb"),
                BUILD_ARGS="--tasks mini_digits", OMP_NUM_THREADS="1")
-    argv = ["bash", "scripts/demo.sh", "--runs", str(tmp_path / "runs"), "--tasks", "mini_digits",
+    argv = ["bash", "scripts/demo.sh", "--runs", str(tmp_path / "runs"), "--tasks", "mini_digits", "--jobs", "2",
             "--budgets", "0.004", "--args", f"--config {tmp_path / 'cfg.yaml'}", "--supernet-args", SHORT,
             "--train-args", SHORT, "--search-args",
             "--population-num 4 --select-num 2 --mutation-num 2 --crossover-num 2 --max-epochs 1"]

@@ -108,6 +108,7 @@ def test_flags_from_the_plan_file_and_the_command_line(tmp_path):
     (["--backend", "pbs"], None, "error: unknown backend 'pbs'; backends: local, slurm"),
     (["--slurm-partition", "gpu"], None, "error: --slurm-partition: only with --backend slurm"),
     (["--backend", "slurm", "--gpus", "0,1"], None, "error: --gpus, --jobs and --jobs-per-gpu are for the local"),
+    (["--gpus", "0", "--jobs", "2"], None, "error: --jobs counts CPU processes; with --gpus use --jobs-per-gpu"),
     (["--budgets", "1M"], None, "error: budget '1M' is not a positive number (M)"),
     (["--seeds", "1.5"], None, "error: seed '1.5' is not a non-negative integer"),
     ([], {"method": ["lora"]}, "unknown key 'method' (did you mean 'methods'?); valid keys: runs, tasks,"),
@@ -216,6 +217,10 @@ def test_second_run_does_no_work(first, capsys):
     code, out = sweep(capsys, str(runs.parent / "plan.yaml"), "--runs", str(runs), "--no-report")
     assert code == 0 and "8 already finished" in out and "start" not in out
     assert [p.stat().st_mtime_ns for p in results] == before
+    code, out = sweep(capsys, str(runs.parent / "plan.yaml"), "--runs", str(runs), "--dry-run",
+                      "--methods", "glora", "linear_probe")
+    assert code == 0 and "[done] eurosat/val/supernet\n" in out and "[todo] eurosat/val/linear_probe/train\n" in out
+    assert out.endswith("8 jobs (4 results), 4 to run\n")
 
 
 def test_finished_job_with_other_settings_fails_without_running(first, capsys):

@@ -85,6 +85,8 @@ def check_options(args: argparse.Namespace) -> None:
     if args.backend == "slurm" and (args.gpus or args.jobs != 1 or args.jobs_per_gpu != 1):
         raise PlanError("--gpus, --jobs and --jobs-per-gpu are for the local backend; with Slurm use "
                         "--slurm-gpus and --slurm-parallelism")
+    if args.gpus and args.jobs != 1:
+        raise PlanError("--jobs counts CPU processes; with --gpus use --jobs-per-gpu")
     if args.jobs < 1 or args.jobs_per_gpu < 1:
         raise PlanError("--jobs and --jobs-per-gpu must be at least 1")
 
@@ -96,7 +98,7 @@ def dry_run(jobs, targets) -> None:
         deps = f"  after {', '.join(job.deps)}" if job.deps else ""
         print(f"[{state}] {job.name}{deps}\n    {shlex.join(job.command())}")
     todo = sum(j.state == "waiting" for j in jobs.values())
-    print(f"{len(jobs)} jobs ({len(targets)} table rows' worth), {todo} to run")
+    print(f"{len(jobs)} jobs ({len(targets)} results), {todo} to run")
 
 
 def report(runs: Path, tasks: list[str]) -> None:
@@ -134,13 +136,16 @@ def main(args: argparse.Namespace) -> int:
     if args.backend == "slurm":
         from glora.sweep.slurm import SlurmBackend
         completed = SlurmBackend(args, plan.runs).run(jobs)
+        if args.slurm_no_wait:
+            print("slurm: submitted; run the same command again to see what finished and write the report")
+            return 0
     else:
         board = Board(jobs)
         gpus = [g for g in (args.gpus or "").replace(" ", ",").split(",") if g]
         completed = LocalBackend(slots_for(gpus, args.jobs_per_gpu, args.jobs), board).run(jobs)
         board.close()
     print("\n".join(summary(jobs)) + f"\nsweep: {elapsed(time.time() - start)} in all")
-    if not args.no_report and (completed is not None):
+    if not args.no_report:  # also after an interruption: the report of what finished
         report(plan.runs, plan.tasks)
     if not completed:
         print("sweep: interrupted; run the same command again to continue")

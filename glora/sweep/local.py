@@ -61,7 +61,7 @@ class LocalBackend:
         self.signals += 1
         kill = signal.SIGINT if self.signals == 1 else signal.SIGKILL
         if self.signals == 1:
-            self.board._write(f"stopping: waiting for {len(self.running)} running job(s) to save their "
+            self.board.note(f"stopping: waiting for {len(self.running)} running job(s) to save their "
                               "state (signal again to kill them)")
         for r in self.running:
             try:

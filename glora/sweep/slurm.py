@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -82,7 +83,7 @@ def arrays(jobs: dict[str, Job]) -> list[tuple[str, list[Job], list[str]]]:
     return out
 
 
-def parameters(args, runs: Path) -> dict:
+def parameters(args) -> dict:
     """submitit's SlurmExecutor parameters from the --slurm-* options."""
     params = {"time": args.slurm_time or DEFAULT_TIME_MIN, "job_name": "glora-sweep",
               "setup": [f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}",
@@ -99,7 +100,7 @@ def parameters(args, runs: Path) -> dict:
 
 def describe(jobs: dict[str, Job], args) -> None:
     """The arrays a submission would make (for --dry-run)."""
-    params = {k: v for k, v in parameters(args, Path(".")).items() if k not in ("setup", "additional_parameters")}
+    params = {k: v for k, v in parameters(args).items() if k not in ("setup", "additional_parameters")}
     print(f"slurm: {', '.join(f'{k}={v}' for k, v in params.items())}")
     for label, group, after in arrays(jobs):
         print(f"slurm array {label}: {len(group)} task(s)" + (f", afterany: {'; '.join(after)}" if after else ""))
@@ -126,15 +127,22 @@ class SlurmBackend:
             import submitit
         except ImportError:
             raise PlanError("--backend slurm needs submitit (pip install -r requirements.txt)") from None
+        if shutil.which("sbatch") is None:
+            raise PlanError("--backend slurm: sbatch not found (run the sweep where Slurm's commands are)")
         executor = submitit.SlurmExecutor(folder=self.runs.resolve() / ".submitit" / "%j")
         submitted, ids = [], {}
         for label, group, after in arrays(jobs):
-            params = parameters(self.args, self.runs)
+            params = parameters(self.args)
             if after:
                 params["additional_parameters"] = {**params["additional_parameters"],
                                                    "dependency": "afterany:" + ":".join(ids[a] for a in after)}
             executor.update_parameters(**params)
-            handles = executor.map_array(NodeCall(), group, [[jobs[d] for d in j.deps] for j in group])
+            try:
+                handles = executor.map_array(NodeCall(), group, [[jobs[d] for d in j.deps] for j in group])
+            except submitit.core.utils.FailedJobError as err:
+                lines = [line for line in str(err).splitlines() if line.strip()]
+                before = f" (submitted before it: {' '.join(ids.values())})" if ids else ""
+                raise PlanError(f"sbatch refused the {label} array: {lines[-1] if lines else err}{before}") from None
             ids[label] = handles[0].job_id.split("_")[0]
             print(f"slurm: submitted array {ids[label]} ({label}: {len(group)} task(s))")
             submitted += list(zip(group, handles))

@@ -43,6 +43,10 @@ class Board:
         self.where: dict[str, str] = {}
         self._drawn, self._last = 0, 0.0
 
+    def note(self, text: str) -> None:
+        """A line above the live table (or just a line)."""
+        self._write(text)
+
     def _write(self, text: str) -> None:
         self._clear()
         self.stream.write(text + "\n")
