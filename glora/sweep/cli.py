@@ -22,35 +22,41 @@ SLURM_OPTIONS = ("partition", "time", "gpus", "cpus", "mem", "parallelism", "acc
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m glora.sweep", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m glora.sweep", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Expand a plan into calls of supernet.py and evolution.py, skip what is finished,\n"
+                    "run the rest locally or on Slurm, then write the report.",
+        epilog="examples:\n  python -m glora.sweep configs/vtab.yaml --gpus 0,1 --jobs-per-gpu 3\n"
+               "  python -m glora.sweep configs/vtab.yaml --tasks natural --methods glora lora --seeds 1 2 3\n"
+               "  python -m glora.sweep configs/vtab.yaml --backend slurm --slurm-gpus 1 --dry-run")
     p.add_argument("plan", nargs="?", default=None, help="YAML plan (configs/*.yaml); options override it")
     what = p.add_argument_group("what to run (override the plan)")
-    what.add_argument("--runs", default=None, help="output root (default runs/vtab)")
-    what.add_argument("--tasks", nargs="+", help="task names or all, natural, specialized, structured, mini")
-    what.add_argument("--methods", nargs="+", help="glora glora_retrain glora_fresh lora linear_probe bitfit "
+    what.add_argument("--runs", default=None, metavar="DIR", help="output root (default runs/vtab)")
+    what.add_argument("--tasks", nargs="+", metavar="TASK", help="task names or all, natural, specialized, structured, mini")
+    what.add_argument("--methods", nargs="+", metavar="METHOD", help="glora glora_retrain glora_fresh lora linear_probe bitfit "
                                                    "ssf full_finetune")
-    what.add_argument("--budgets", nargs="+", help="GLoRA parameter budgets in M (--param-limits)")
-    what.add_argument("--seeds", nargs="+", help="each seed S runs every job with --seed S")
-    what.add_argument("--protocols", nargs="+", help="val retrain paper")
+    what.add_argument("--budgets", nargs="+", metavar="M", help="GLoRA parameter budgets in M (--param-limits)")
+    what.add_argument("--seeds", nargs="+", metavar="S", help="each seed S runs every job with --seed S")
+    what.add_argument("--protocols", nargs="+", metavar="PROTOCOL", help="val retrain paper")
     for section in SECTIONS:
         what.add_argument(f"--{section.replace('_', '-')}", dest=section, action="append", metavar="'--flag V ...'",
                           help=f"flags added to {_section_help(section)} (override the plan's {section}; "
                                "may be repeated)")
     how = p.add_argument_group("how to run")
-    how.add_argument("--backend", default="local", help="local (default) or slurm")
-    how.add_argument("--jobs", type=int, default=1, help="local: concurrent CPU jobs (default 1)")
-    how.add_argument("--gpus", default=None, help="local: GPU ids, e.g. 0,1; each job pinned to one")
-    how.add_argument("--jobs-per-gpu", type=int, default=1, help="local: concurrent jobs per GPU")
+    how.add_argument("--backend", default="local", metavar="NAME", help="local (default) or slurm")
+    how.add_argument("--jobs", type=int, metavar="N", default=1, help="local: concurrent CPU jobs (default 1)")
+    how.add_argument("--gpus", default=None, metavar="IDS", help="local: GPU ids, e.g. 0,1; each job pinned to one")
+    how.add_argument("--jobs-per-gpu", type=int, metavar="N", default=1, help="local: concurrent jobs per GPU")
     how.add_argument("--dry-run", action="store_true", help="print the jobs (and Slurm arrays); run nothing")
     how.add_argument("--no-report", action="store_true", help="do not run python -m vtab.report at the end")
     slurm = p.add_argument_group("slurm (with --backend slurm; through submitit)")
-    slurm.add_argument("--slurm-partition", default=None)
-    slurm.add_argument("--slurm-time", type=int, default=None, help="minutes per job (default 1440)")
-    slurm.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per job")
-    slurm.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per job")
-    slurm.add_argument("--slurm-mem", type=float, default=None, help="memory per job in GB")
-    slurm.add_argument("--slurm-parallelism", type=int, default=None, help="max running tasks per array")
-    slurm.add_argument("--slurm-account", default=None)
+    slurm.add_argument("--slurm-partition", metavar="NAME", default=None)
+    slurm.add_argument("--slurm-time", metavar="MIN", type=int, default=None, help="minutes per job (default 1440)")
+    slurm.add_argument("--slurm-gpus", metavar="N", type=int, default=None, help="GPUs per job")
+    slurm.add_argument("--slurm-cpus", metavar="N", type=int, default=None, help="CPUs per job")
+    slurm.add_argument("--slurm-mem", metavar="GB", type=float, default=None, help="memory per job in GB")
+    slurm.add_argument("--slurm-parallelism", metavar="N", type=int, default=None, help="max running tasks per array")
+    slurm.add_argument("--slurm-account", metavar="NAME", default=None)
     slurm.add_argument("--slurm-no-wait", dest="slurm_no_wait", action="store_true",
                        help="submit and exit (default: wait, show the status, write the report)")
     return p

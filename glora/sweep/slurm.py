@@ -26,6 +26,7 @@ from glora.sweep.status import Board, last_line
 
 DEFAULT_TIME_MIN = 1440
 POLL_S = 2.0
+GRACE_S = 30.0
 
 
 class NodeCall:
@@ -106,13 +107,14 @@ def describe(jobs: dict[str, Job], args) -> None:
         print(f"slurm array {label}: {len(group)} task(s)" + (f", afterany: {'; '.join(after)}" if after else ""))
 
 
-def queued() -> dict[str, str]:
-    """Slurm job id (123_4 for an array task) -> state code (PD, R, ...) of this user's jobs."""
+def queued() -> dict[str, str] | None:
+    """Slurm job id (123_4 for an array task) -> state code (PD, R, ...) of this user's jobs;
+    None when squeue fails (a busy controller: ask again at the next poll)."""
     out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %t"],
                          capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"squeue failed: {out.stderr.strip()}")
-    return dict(line.split() for line in out.stdout.splitlines() if line.strip())
+        return None
+    return dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
 
 
 class SlurmBackend:
@@ -158,14 +160,17 @@ class SlurmBackend:
             return True
         board = self.board or Board(jobs)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        gone: dict[str, float] = {}  # job id -> when it left the queue without a result yet
         try:
             while pending and not self.stop:
                 states = queued()
-                for job, handle in list(pending):
+                for job, handle in list(pending) if states is not None else []:
                     state = states.get(handle.job_id)
                     if state == "R" and job.state == "waiting":
                         board.start(job, f"slurm {handle.job_id}")
-                    if handle.paths.result_pickle.exists() or state is None:
+                    left = gone.setdefault(handle.job_id, time.time()) if state is None else None
+                    # A shared file system may show the result a little after the job ends.
+                    if handle.paths.result_pickle.exists() or (left is not None and time.time() - left > GRACE_S):
                         pending.remove((job, handle))
                         self._collect(job, handle, jobs, board)
                 board.refresh()
