@@ -44,6 +44,11 @@ def config(host: str) -> str:
         f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP", ""])
 
 
+def running() -> bool:
+    """Is this node already up (started earlier, e.g. by .ci/run)?"""
+    return CONF.is_file() and shutil.which("sinfo") is not None and idle()
+
+
 def idle() -> bool:
     out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env(), capture_output=True, text=True)
     return out.returncode == 0 and out.stdout.strip() in ("idle", "mixed", "allocated")
@@ -61,7 +66,7 @@ def start(timeout: float = 30.0) -> str | None:
         return f"no {', '.join(missing)} (apt-get install slurm-wlm munge)"
     if os.geteuid() != 0:
         return "starting slurmd and munged needs root"
-    if CONF.is_file() and idle():
+    if running():
         return None
     host = socket.gethostname().split(".")[0]
     for sub in ("state", "spool"):
@@ -108,4 +113,4 @@ if __name__ == "__main__":
     elif command == "stop":
         stop()
     else:
-        print("idle" if CONF.is_file() and idle() else "not running")
+        print("idle" if running() else "not running")

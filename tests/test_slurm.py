@@ -43,11 +43,15 @@ def make_world(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def slurm():
+    """The node's client environment; the daemons are stopped afterwards if this test started them."""
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install -r requirements.txt)")
+    was_running = slurm_node.running()
     reason = slurm_node.start()
     if reason is not None:
         pytest.skip(f"single-node Slurm unavailable: {reason}")
-    pytest.importorskip("submitit", reason="submitit is not installed (pip install -r requirements.txt)")
-    return slurm_node.env()
+    yield slurm_node.env()
+    if not was_running:
+        slurm_node.stop()
 
 
 def sweep(plan: Path, runs: Path, env: dict, *options: str) -> subprocess.CompletedProcess:
