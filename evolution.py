@@ -25,8 +25,8 @@ import glora
 import vtab
 from glora.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_subnet,
                               subnet_document, subnet_origin, versions)
-from glora.config import (add_common_args, config_dict, given_keys, parse_args, sigterm_as_interrupt,
-                          write_yaml)
+from glora.config import (add_common_args, config_dict, differing_settings, given_keys, parse_args,
+                          sigterm_as_interrupt, write_yaml)
 from glora.engine import evaluate
 from glora.merge import CandidateModel, export_timm_folder
 from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
@@ -189,15 +189,46 @@ def eval_loader(args, task, split: str, device: torch.device):
     return vtab.Loader(data, args.eval_batch_size, shuffle=False, drop_last=False, device=device, resident=False)
 
 
+def explicit_keys(args: argparse.Namespace) -> set[str]:
+    """Without the command line at hand: the options whose values differ from the defaults."""
+    parser = get_args_parser()
+    return {key for key, value in vars(args).items() if value != parser.get_default(key)}
+
+
+def completed(args: argparse.Namespace, given: set[str] | None = None) -> str | None:
+    """'already finished: …' if --save_path holds this run's results.json, else None.
+
+    Results written with other settings are an error, never silently reused. Settings taken from
+    the checkpoint (model, rank, …) are compared only where given explicitly, as they are resolved.
+    """
+    given = explicit_keys(args) if given is None else given
+    path = Path(args.save_path) / "results.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent or half-written: not finished
+        return None
+    current = {key: value for key, value in config_dict(args).items()
+               if key in given or key not in ADOPTED + ("pretrained",)}
+    diffs = differing_settings(record.get("config", {}), current)
+    if diffs:
+        raise CheckpointError(f"{path} holds results of other settings ({'; '.join(diffs)}); "
+                              "use another --save_path or delete it")
+    return f"already finished: {path} (test acc1 {record.get('test_acc1')})"
+
+
 def main(args: argparse.Namespace, given: set[str] | None = None) -> None:
     """``given``: the options set explicitly (default: those that differ from the parser's defaults)."""
+    given = explicit_keys(args) if given is None else given
+    out = Path(args.save_path)
+    if args.resume == "auto":  # finished: nothing to do; a search state: continue it; none: start
+        finished = completed(args, given)
+        if finished:
+            print(finished)
+            return
+        args.resume = (out / "search_state.json").is_file()
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
-    out = Path(args.save_path)
     out.mkdir(parents=True, exist_ok=True)
-    if given is None:
-        parser = get_args_parser()
-        given = {key for key, value in vars(args).items() if value != parser.get_default(key)}
     task, ckpt, model = load_model(args, device, given)
     write_yaml(out / "args.yaml", config_dict(args))  # the resolved settings, checkpoint's included
     names = [n for n, _ in glora.glora_layers(model)]
@@ -268,7 +299,7 @@ def make_results(args, task, ckpt, method, params, splits, info, tested, timer, 
             "supernet_epochs": ckpt["epoch"], "model": args.model, "model_kwargs": dict(args.model_kwargs),
             "search": {**info, "stats": stats,
                        "plain_draw_acceptance": stats.get("plain_accepted", 0) / draws if draws else None},
-            "versions": versions(), "wall_time_s": timer,
+            "versions": versions(), "wall_time_s": timer, "config": config_dict(args),
             "subnet_file": "subnet.yaml" if method != "full_finetune" else None, "merged_model_dir": "merged"}
 
 

@@ -23,7 +23,9 @@ import glora
 import vtab
 from glora.checkpoint import (CheckpointError, atomic_torch_save, check_compatible, load_checkpoint,
                               load_subnet, subnet_origin, versions)
-from glora.config import add_common_args, config_dict, parse_args, sigterm_as_interrupt, write_yaml
+from glora.config import (add_common_args, config_dict, differing_settings, parse_args,
+                          sigterm_as_interrupt, write_yaml)
+from glora.distributed import World, average_gradients, close, epoch_seed, init_world, mean_over_ranks
 from glora.engine import (NonFiniteLossError, evaluate, evaluate_subnets, train_one_epoch,
                           zero_fill_stepped_grads)
 from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
@@ -67,8 +69,8 @@ SCHEDULE_KEYS = ("epochs", "warmup_epochs", "warmup_lr", "min_lr", "lr")
 class Run:
     """Everything one training run owns; ``payload()`` is its checkpoint."""
 
-    def __init__(self, args: argparse.Namespace, device: torch.device):
-        self.args, self.device = args, device
+    def __init__(self, args: argparse.Namespace, device: torch.device, world: World = World()):
+        self.args, self.device, self.world = args, device, world
         self.task = vtab.resolve_task(args.dataset)
         self.mode = "full" if args.full_finetune else ("subnet" if args.subnet else "supernet")
         protocol = vtab.PROTOCOLS[args.protocol]
@@ -128,7 +130,7 @@ class Run:
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "scheduler": dict(self.scheduler.state_dict()),
                 "sampler": self.sampler.state_dict() if self.sampler else None,
-                "torch_rng": torch.get_rng_state(), "versions": versions()}
+                "torch_rng": torch.get_rng_state(), "world_size": self.world.size, "versions": versions()}
 
     def restore(self) -> None:
         ckpt = load_checkpoint(self.ckpt_path)
@@ -198,7 +200,8 @@ def load_data(args: argparse.Namespace, run: Run, device: torch.device):
     load = dict(input_size=args.input_size, progress=args.progress)
     train = vtab.load_split(args.data_path, run.task.name, run.splits["train"], **load)
     search = vtab.load_split(args.data_path, run.task.name, run.splits["search"], **load)
-    train_loader = vtab.Loader(train, args.batch_size, shuffle=True, drop_last=True, seed=args.seed, device=device)
+    train_loader = vtab.Loader(train, args.batch_size, shuffle=True, drop_last=True, seed=args.seed, device=device,
+                               rank=run.world.rank, world_size=run.world.size)  # each rank: its share
     val_loader = vtab.Loader(search, args.eval_batch_size, shuffle=False, drop_last=False, device=device,
                              resident=len(search) <= 20000)
     return train_loader, val_loader
@@ -206,33 +209,48 @@ def load_data(args: argparse.Namespace, run: Run, device: torch.device):
 
 def fit(run: Run, train_loader, val_loader) -> None:
     """The epoch loop: train, step the schedule, validate every ``eval_every``, checkpoint."""
-    args, device = run.args, run.device
+    args, device, world = run.args, run.device, run.world
     amp = autocast_dtype(args.precision, device)
-    snapshot = run.payload()  # exact state at the start of the current epoch, saved on Ctrl-C
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    sync = (lambda: average_gradients(params, world)) if world.size > 1 else None
+    # The exact state at the start of the current epoch, saved on Ctrl-C (rank 0 writes).
+    snapshot = run.payload() if world.main else None
     while run.epoch < args.epochs:
         try:
             train_loader.set_epoch(run.epoch)
+            if world.size > 1:  # stochastic depth: each rank its own draws, a function of the epoch
+                torch.manual_seed(epoch_seed(args.seed, run.epoch, world))
             stats = train_one_epoch(run.model, train_loader, run.optimizer, device, run.epoch + 1, amp,
-                                    progress=args.progress,
-                                    zero_fill_grads=args.unused_supports == "update")
+                                    progress=args.progress and world.main,
+                                    zero_fill_grads=args.unused_supports == "update", after_backward=sync)
+            loss = mean_over_ranks(stats["loss"], world, device)
             # As the original (FacT's loop): step with the finished epoch's index, so epoch e+1
             # trains at the schedule's value for e.
             run.scheduler.step(run.epoch)
             run.epoch += 1
-            record = {"epoch": run.epoch, "train_loss": stats["loss"], "lr": stats["lr"]}
-            if run.epoch % args.eval_every == 0 or run.epoch == args.epochs:
-                val = run.validate(val_loader)
-                record.update({"split": run.splits["search"], **{f"val_{k}": v for k, v in val.items()}})
-                print(f"epoch {run.epoch}: loss {stats['loss']:.4f}  {run.splits['search']} acc1 "
-                      f"{val['acc1']:.2f}  -> {run.ckpt_path}", flush=True)
-            append_jsonl(run.log_path, record)
-            snapshot = run.payload()  # built once: the checkpoint now, the Ctrl-C fallback next epoch
-            if "split" in record or run.epoch % args.save_every == 0:
-                atomic_torch_save(snapshot, run.ckpt_path)
+            if world.main:
+                snapshot = end_epoch(run, val_loader, {"epoch": run.epoch, "train_loss": loss, "lr": stats["lr"]})
         except KeyboardInterrupt:
+            if not world.main:
+                raise SystemExit(f"interrupted in epoch {run.epoch + 1} (rank {world.rank})") from None
             atomic_torch_save(snapshot, run.ckpt_path)
             raise SystemExit(f"interrupted in epoch {snapshot['epoch'] + 1}; saved the state at its start "
                              f"to {run.ckpt_path}; continue with --resume") from None
+
+
+def end_epoch(run: Run, val_loader, record: dict) -> dict:
+    """Validate when due, log, checkpoint; returns the new snapshot (rank 0 only)."""
+    args = run.args
+    if run.epoch % args.eval_every == 0 or run.epoch == args.epochs:
+        val = run.validate(val_loader)
+        record.update({"split": run.splits["search"], **{f"val_{k}": v for k, v in val.items()}})
+        print(f"epoch {run.epoch}: loss {record['train_loss']:.4f}  {run.splits['search']} acc1 "
+              f"{val['acc1']:.2f}  -> {run.ckpt_path}", flush=True)
+    append_jsonl(run.log_path, record)
+    snapshot = run.payload()  # built once: the checkpoint now, the Ctrl-C fallback next epoch
+    if "split" in record or run.epoch % args.save_every == 0:
+        atomic_torch_save(snapshot, run.ckpt_path)
+    return snapshot
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -247,24 +265,59 @@ def trim_log(path: Path, epoch: int) -> None:
         path.write_text("".join(l + "\n" for l in lines))
 
 
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    """Where this run's checkpoint lives: SAVE_DIR/<dataset>.pt."""
+    return Path(args.save_path) / f"{vtab.resolve_task(args.dataset).name}.pt"
+
+
+def completed(args: argparse.Namespace) -> str | None:
+    """'already finished: …' if --save_path holds this run's checkpoint at epoch --epochs, else None.
+
+    A finished checkpoint trained with other settings is an error, never silently reused.
+    """
+    path = checkpoint_path(args)
+    if not path.is_file():
+        return None
+    ckpt = load_checkpoint(path, mmap=True)
+    if ckpt.get("epoch") != args.epochs:
+        return None
+    diffs = differing_settings(ckpt.get("config", {}), config_dict(args))
+    if diffs:
+        raise CheckpointError(f"{path} is a finished run with other settings ({'; '.join(diffs)}); "
+                              "use another --save_path or delete it")
+    return f"already finished: {path} ({args.epochs} epochs)"
+
+
 def main(args: argparse.Namespace) -> None:
+    if args.resume == "auto":  # finished: nothing to do; a state: continue it; none: start fresh
+        finished = completed(args)
+        if finished:
+            print(finished)
+            return
+        args.resume = checkpoint_path(args).is_file()
     device = resolve_device(args.device)
-    torch.manual_seed(args.seed)
-    run = Run(args, device)
+    world = init_world("nccl" if device.type == "cuda" else "gloo")  # one rank outside torchrun
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    say = print if world.main else (lambda *a, **k: None)  # only rank 0 prints and writes
+    torch.manual_seed(args.seed)  # the same on every rank: the same head init and choice sampler
+    run = Run(args, device, world)
     train_loader, val_loader = load_data(args, run, device)
     out = Path(args.save_path)
-    out.mkdir(parents=True, exist_ok=True)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
     if args.resume:
         run.restore()
-        trim_log(run.log_path, run.epoch)
-        print(f"resumed {run.ckpt_path} at epoch {run.epoch}")
-    elif run.log_path.exists():
-        run.log_path.unlink()  # a fresh run starts a fresh log
-    write_yaml(out / f"{run.task.name}_args.yaml", config_dict(args))
+        say(f"resumed {run.ckpt_path} at epoch {run.epoch}")
+    if world.main:
+        trim_log(run.log_path, run.epoch)  # a fresh run (epoch 0) starts a fresh log
+        write_yaml(out / f"{run.task.name}_args.yaml", config_dict(args))
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-    print(f"{run.mode} on {run.task.name} ({run.splits['train']}: {len(train_loader.split)} images), "
-          f"{len(run.layer_names)} GLoRA layers, {trainable:,} trainable parameters "
-          f"(all supernet storage + head), device {device}")
+    say(f"{run.mode} on {run.task.name} ({run.splits['train']}: {len(train_loader.split)} images), "
+        f"{len(run.layer_names)} GLoRA layers, {trainable:,} trainable parameters "
+        f"(all supernet storage + head), device {device}"
+        + (f", {world.size} ranks of {args.batch_size // world.size} images per step" if world.size > 1 else ""))
     start = time.time()
     try:
         with sigterm_as_interrupt():  # pre-emption saves like Ctrl-C
@@ -272,7 +325,9 @@ def main(args: argparse.Namespace) -> None:
     except NonFiniteLossError as err:
         kept = f"kept the last good checkpoint {run.ckpt_path}" if run.ckpt_path.exists() else "no checkpoint was written"
         raise SystemExit(f"error: {err}; stopped, {kept}") from None
-    print(f"done: {args.epochs} epochs in {time.time() - start:.1f}s -> {run.ckpt_path}")
+    finally:
+        close(world)
+    say(f"done: {args.epochs} epochs in {time.time() - start:.1f}s -> {run.ckpt_path}")
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -37,13 +37,16 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint with ``weights_only=True``; a missing or corrupt file is a clear error."""
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """Load a checkpoint with ``weights_only=True``; a missing or corrupt file is a clear error.
+
+    ``mmap=True`` maps the tensors instead of reading them (cheap when only metadata is needed).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # truncated zip, pickle error, ...: all mean "unreadable"
         raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}") from None

@@ -39,9 +39,34 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="auto = bf16 autocast on CUDA, fp32 on CPU; fp32 = the original numerics")
     parser.add_argument("--subnet", type=str, default=None,
                         help="a fixed subnet: a preset (linear_probe, lora, bitfit, ssf, largest) or a subnet.yaml")
-    parser.add_argument("--resume", action="store_true", help="continue from the state in the output folder")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, type=resume_mode,
+                        help="continue from the state in the output folder; --resume auto: continue if a "
+                             "state exists, start fresh if none, and exit at once if the run is finished")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return parser
+
+
+def resume_mode(value: str) -> bool | str:
+    """``--resume`` value: ``auto``, or a yes/no word (a YAML ``resume: true`` arrives as a bool)."""
+    word = str(value).strip().lower()
+    if word == "auto":
+        return "auto"
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected auto, yes or no, got {value!r}")
+
+
+# Settings that do not change what a run computes: a finished run is reused across them.
+RUN_ONLY_KEYS = frozenset({"resume", "progress", "device", "config", "save_every", "eval_every",
+                           "eval_subnets", "eval_batch_size"})
+
+
+def differing_settings(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: recorded -> current`` for every setting both know (but RUN_ONLY_KEYS) that differs."""
+    keys = sorted((set(recorded) & set(current)) - RUN_ONLY_KEYS)
+    return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in keys if recorded.get(k) != current.get(k)]
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -95,7 +120,7 @@ def _typed(action: argparse.Action, value: Any, file: Path, key: str) -> Any:
     if isinstance(value, str) and action.type is not None and action.type is not json.loads:
         try:
             value = action.type(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
             raise SystemExit(f"error: {file}: {key}: {value!r} is not a valid {action.type.__name__}") from None
     if action.choices is not None and value not in action.choices:
         raise SystemExit(f"error: {file}: {key}: {value!r} is not one of {list(action.choices)}")

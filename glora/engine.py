@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, amp_dtype: torch.dtype | None = None,
                     log_every: int = 10, progress: bool = True,
-                    zero_fill_grads: bool = True) -> dict[str, float]:
+                    zero_fill_grads: bool = True,
+                    after_backward: Callable[[], None] | None = None) -> dict[str, float]:
     """One pass over ``loader`` with cross-entropy; stops on a non-finite loss.
 
     ``epoch`` is the 1-based number shown in the progress bar and in errors.
@@ -39,6 +40,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     torch 1.10 the original code ran on: a support that has been used once keeps a (zero) gradient,
     so AdamW moves it on every later step (momentum, weight decay) even when the sampled path does
     not read it. ``False`` sets them to None, so unused supports stand still.
+
+    ``after_backward`` runs between ``backward`` and the optimizer step (data parallelism averages
+    the gradients there).
 
     The loss is accumulated on the device and read back only every ``log_every`` steps and at
     the end, so the step loop has no other host synchronisation.
@@ -52,6 +56,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=not zero_fill_grads)
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         optimizer.step()
         total += loss.detach().float()
         steps += 1

@@ -134,4 +134,6 @@ def test_paper_protocol_end_to_end(task, tmp_path):
         assert lo <= record["fitness"] <= hi, record
     assert results["search_acc1"] == results["test_acc1"]  # selected on the test set, labelled so
     with pytest.raises(SystemExit, match=r"protocol: checkpoint has 'paper', flags give 'val'"):
-        search(config, tmp_path / "supernet", tmp_path / "refused")
+        search(config, tmp_path / "supernet", tmp_path / "refused", "--protocol", "val")
+    adopted, _ = search(config, tmp_path / "supernet", tmp_path / "adopted")  # no flag: the checkpoint's
+    assert adopted["protocol"] == "paper" and adopted["selection_split"] == "test"

@@ -1,8 +1,9 @@
-"""scripts/vtab_sweep.sh: a real sweep of two generated tasks on a tiny ViT (run, skip, resume, a
-failing task, the report), then the orchestration details against a stand-in python."""
+"""python -m glora.sweep: the plan expanded into CLI calls, bad input as one line, and real tiny
+sweeps on the local backend (GPU-slot pinning, skip on a second run, a failing job that does not
+stop the others, Ctrl-C and a rerun that finishes the rest)."""
+import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,232 +13,260 @@ from pathlib import Path
 import pytest
 import yaml
 
+from glora.sweep.cli import cli, get_args_parser, plan_from
+from glora.sweep.jobs import Job, build_jobs
+from glora.sweep.status import Board
 from tests.conftest import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
+from vtab.tasks import GROUPS, MINI_TASKS
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "vtab_sweep.sh"
-SWEEP_VARS = ("RUNS", "BUDGETS", "SEEDS", "LORA_RANK", "LR", "MODEL", "PROTOCOL", "GPUS", "CONFIG",
-              "EXTRA_SUPERNET_ARGS", "EXTRA_SEARCH_ARGS", "PYTHON", "NO_REPORT", "PROGRESS")
-TASKS = ("eurosat", "patch_camelyon")
-STEPS = ("supernet", "0.006M_seed1")
+REPO = Path(__file__).resolve().parents[1]
+SEARCH = {"population-num": 4, "select-num": 2, "mutation-num": 2, "crossover-num": 2, "max-epochs": 1}
 
 
-def sweep_env(**env) -> dict:
-    """The caller's environment without any sweep settings, plus ``env``."""
-    base = {k: v for k, v in os.environ.items() if k not in SWEEP_VARS}
-    return {**base, "PYTHON": sys.executable, **env}
+def plan_of(*argv: str, plan: dict | None = None, tmp_path: Path | None = None):
+    """The checked plan and its jobs for a YAML plan (written to tmp_path) and options."""
+    if plan is not None:
+        (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+        argv = (str(tmp_path / "plan.yaml"), *argv)
+    p = plan_from(get_args_parser().parse_args(argv))
+    return p, *build_jobs(p)
 
 
-def sweep(*args, timeout=600, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args], env=sweep_env(**env), capture_output=True,
-                          text=True, timeout=timeout)
+def arg(job: Job, flag: str) -> str:
+    return job.argv[job.argv.index(flag) + 1]
 
 
-# ---------------------------------------------------------------- a real sweep
+# ---------------------------------------------------------------- the plan, no process started
+def test_plan_expands_into_shared_supernets_searches_and_retrains(tmp_path):
+    """Fails if val and retrain do not share one supernet and search per (task, seed), if paper does
+    not get its own, if a retrain does not depend on its search (and on the supernet for
+    glora_retrain), or if a seed is not passed to every job of that seed."""
+    plan, jobs, targets = plan_of("--runs", str(tmp_path / "r"), "--tasks", "eurosat", "--methods", "glora",
+                                  "glora_retrain", "glora_fresh", "lora", "full_finetune", "--protocols", "val",
+                                  "retrain", "paper", "--budgets", "0.5", "1", "--seeds", "1", "2")
+    # per seed: 2 supernets (val, paper), 4 searches, 3 protocols x 6 trained rows x (train + export)
+    assert len(jobs) == 2 * (2 + 4 + 36)
+    kinds = {k: sorted(n for n, j in jobs.items() if j.kind == k and j.seed == 1) for k in ("supernet", "search")}
+    assert kinds == {"supernet": ["eurosat/seed1/paper/supernet", "eurosat/seed1/val/supernet"],
+                     "search": ["eurosat/seed1/paper/glora_0.5M", "eurosat/seed1/paper/glora_1M",
+                                "eurosat/seed1/val/glora_0.5M", "eurosat/seed1/val/glora_1M"]}
+    r = tmp_path / "r" / "eurosat" / "seed2"
+    search = jobs["eurosat/seed2/val/glora_0.5M"]
+    assert search.argv[:10] == ["--dataset", "eurosat", "--protocol", "val", "--save_path", str(r / "val/glora_0.5M"),
+                                "--resume", "auto", "--seed", "2"]
+    assert arg(search, "--load_path") == str(r / "val/supernet") and arg(search, "--param-limits") == "0.5"
+    retrain = jobs["eurosat/seed2/retrain/glora_retrain_0.5M/train"]
+    assert retrain.script == "supernet" and arg(retrain, "--protocol") == "retrain"
+    assert arg(retrain, "--subnet") == str(r / "val/glora_0.5M/subnet.yaml")
+    assert arg(retrain, "--init-from") == str(r / "val/supernet")
+    assert retrain.deps == ["eurosat/seed2/val/glora_0.5M", "eurosat/seed2/val/supernet"]
+    fresh = jobs["eurosat/seed2/paper/glora_fresh_1M/train"]
+    assert "--init-from" not in fresh.argv and fresh.deps == ["eurosat/seed2/paper/glora_1M"]
+    export = jobs["eurosat/seed2/retrain/lora"]
+    assert export.script == "evolution" and arg(export, "--load_path") == str(r / "retrain/lora/train")
+    assert export.deps == ["eurosat/seed2/retrain/lora/train"] and export.log == r / "retrain" / "lora.log"
+    assert "--full-finetune" in jobs["eurosat/seed1/val/full_finetune/train"].argv
+    assert all(arg(j, "--seed") == str(j.seed) for j in jobs.values())
+    # Rows: the GLoRA search (shared by val and retrain, once) and every export.
+    assert len(targets) == 2 * (4 + 18) and "eurosat/seed1/val/glora_1M" in targets
+
+
+def test_groups_aliases_and_no_seeds(tmp_path):
+    """Fails if groups are not read from vtab/tasks.py, aliases are not resolved, a task repeats, or
+    a sweep without seeds still adds a seed level or a --seed flag."""
+    plan, jobs, _ = plan_of("--runs", str(tmp_path), "--tasks", "structured", "pcam", "mini", "clevr_count",
+                            "--methods", "linear_probe")
+    assert plan.tasks == [*GROUPS["structured"], "patch_camelyon", *MINI_TASKS]
+    job = jobs["patch_camelyon/val/linear_probe/train"]
+    assert "--seed" not in job.argv and arg(job, "--subnet") == "linear_probe"
+
+
+def test_flags_from_the_plan_file_and_the_command_line(tmp_path):
+    """Fails if flag spellings are not normalised to the CLIs' own, if a mapping is not passed as JSON,
+    if the command line does not override the plan flag by flag, or if per-method flags leak."""
+    plan = {"runs": str(tmp_path / "r"), "tasks": "eurosat", "methods": ["lora", "full_finetune", "glora"],
+            "args": {"config": "c.yaml", "no_progress": True, "model-kwargs": {"depth": 2}},
+            "supernet_args": {"epochs": 60, "warmup_epochs": 3}, "train_args": {"epochs": 40, "lr": "3e-3"},
+            "search_args": {"m-prob": 0.3, "population_num": 30}, "method_args": {"full_finetune": {"lr": 1e-4}}}
+    _, jobs, _ = plan_of("--train-args", "--epochs 2 --wd=0", "--args", "--rank 2", plan=plan, tmp_path=tmp_path)
+    lora = jobs["eurosat/val/lora/train"].argv
+    assert lora[lora.index("--config"):] == ["--config", "c.yaml", "--model-kwargs", '{"depth": 2}',
+                                             "--no-progress", "--rank", "2", "--epochs", "2", "--lr", "3e-3",
+                                             "--wd", "0"]
+    full = jobs["eurosat/val/full_finetune/train"]
+    assert arg(full, "--lr") == "0.0001" and full.argv.count("--lr") == 1  # the method's lr wins
+    supernet = jobs["eurosat/val/supernet"].argv
+    assert supernet[-4:] == ["--epochs", "60", "--warmup-epochs", "3"]
+    search = jobs["eurosat/val/glora_1M"].argv
+    assert search[-4:] == ["--m_prob", "0.3", "--population-num", "30"]
+
+
+@pytest.mark.parametrize("argv, plan, message", [
+    (["--tasks", "cifra"], None, "error: unknown task 'cifra'; selections: all, natural,"),
+    (["--methods", "lora", "loha"], None, "error: unknown method 'loha'; did you mean 'lora'? methods: glora,"),
+    (["--protocols", "test"], None, "error: unknown protocol 'test'; protocols: val, retrain, paper"),
+    (["--backend", "pbs"], None, "error: unknown backend 'pbs'; backends: local, slurm"),
+    (["--slurm-partition", "gpu"], None, "error: --slurm-partition: only with --backend slurm"),
+    (["--backend", "slurm", "--gpus", "0,1"], None, "error: --gpus, --jobs and --jobs-per-gpu are for the local"),
+    (["--gpus", "0", "--jobs", "2"], None, "error: --jobs counts CPU processes; with --gpus use --jobs-per-gpu"),
+    (["--budgets", "1M"], None, "error: budget '1M' is not a positive number (M)"),
+    (["--seeds", "1.5"], None, "error: seed '1.5' is not a non-negative integer"),
+    ([], {"method": ["lora"]}, "unknown key 'method' (did you mean 'methods'?); valid keys: runs, tasks,"),
+    ([], {"supernet_args": {"epoch": 3}}, "supernet_args: --epoch is not a flag of supernet.py (did you mean --epochs?)"),
+    ([], {"args": {"lr": 0.1}}, "args: --lr is not a flag of evolution.py"),
+    ([], {"args": {"seed": 3}}, "args: --seed is set by the sweep for every job (from seeds)"),
+    ([], {"train_args": {"epochs": "many"}}, "train_args: --epochs: 'many' is not a valid int"),
+    ([], {"search_args": {"device": "tpu"}}, "search_args: --device: 'tpu' is not one of ['auto', 'cpu', 'cuda']"),
+    ([], {"method_args": {"glora": {"lr": 1}}}, "unknown method_args method 'glora'"),
+    (["--train-args", "epochs 3"], None, "error: --train-args: expected a --flag, got 'epochs'"),
+])
+def test_bad_input_is_one_line(tmp_path, argv, plan, message):
+    """Fails if a typo in a task, method, protocol, backend, plan key, flag or value, or Slurm options
+    without Slurm, give a traceback or a vague error instead of one line naming the culprit."""
+    if plan is not None:
+        (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+        argv = [str(tmp_path / "plan.yaml"), *argv]
+    with pytest.raises(SystemExit) as err:
+        cli(["--runs", str(tmp_path / "r"), "--dry-run", *argv])
+    text = str(err.value.code)
+    assert message in text and text.startswith("error: ") and "\n" not in text
+
+
+def test_missing_plan_file_from_the_shell_prints_one_line(tmp_path):
+    """Fails if the process prints a traceback instead of the one-line error."""
+    res = subprocess.run([sys.executable, "-m", "glora.sweep", str(tmp_path / "nope.yaml")], cwd=REPO,
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and res.stderr == f"error: plan file not found: {tmp_path / 'nope.yaml'}\n"
+
+
+def test_live_table_counts_and_redraws_in_place():
+    """Fails if the live table miscounts states or does not move the cursor back over itself."""
+    jobs = {n: Job(n, k, [], Path(f"/r/{n}"), "t", None, "val") for n, k in
+            (("a", "supernet"), ("b", "search"), ("c", "search"))}
+    out = io.StringIO()
+    board = Board(jobs, out, live=True)
+    board.start(jobs["a"])
+    board.finish(jobs["a"], "done")
+    board.finish(jobs["b"], "failed", "exit 1: boom")
+    text = out.getvalue()
+    assert "FAILED  b: exit 1: boom" in text and "\x1b[3F\x1b[J" in text
+    assert board.table()[1:3] == [f"{'supernet':<9}" + "".join(f"{n:>12}" for n in (1, 0, 0, 0, 0, 0)),
+                                  f"{'search':<9}" + "".join(f"{n:>12}" for n in (0, 0, 1, 1, 0, 0))]
+
+
+# ---------------------------------------------------------------- real tiny sweeps
 @pytest.fixture(scope="module")
-def first(tmp_path_factory):
-    """Two learnable tasks, one per worker, then the report."""
+def world(tmp_path_factory):
+    """Two generated tasks, a tiny backbone and a plan with tiny CLI settings."""
     root = tmp_path_factory.mktemp("sweep")
     make_noah_task(root / "data", "eurosat", num_classes=10)
     make_noah_task(root / "data", "patch_camelyon", num_classes=2)
     save_tiny_backbone(root / "bb.safetensors")
-    cfg = {"model": "vit_tiny_patch16_224", "model_kwargs": TINY_VIT_KWARGS, "input_size": 32,
-           "pretrained": str(root / "bb.safetensors"), "data_path": str(root / "data")}
-    (root / "model.yaml").write_text(yaml.safe_dump(cfg))
-    env = {"RUNS": str(root / "runs dir"), "CONFIG": str(root / "model.yaml"), "BUDGETS": "0.006",
-           "LR": "1e-2", "GPUS": "0 1",
-           "EXTRA_SUPERNET_ARGS": "--epochs 1 --eval-every 1 --batch-size 16",
-           "EXTRA_SEARCH_ARGS": "--population-num 4 --select-num 2 --mutation-num 2 "
-                                "--crossover-num 2 --max-epochs 1"}
-    result = sweep(*TASKS, **env)
-    return root / "runs dir", env, result
+    model = {"model": "vit_tiny_patch16_224", "model_kwargs": TINY_VIT_KWARGS, "input_size": 32,
+             "pretrained": str(root / "bb.safetensors"), "data_path": str(root / "data"), "batch_size": 16}
+    (root / "model.yaml").write_text(yaml.safe_dump(model))
+    plan = {"tasks": ["eurosat", "patch_camelyon"], "methods": ["glora", "lora"], "budgets": [0.006],
+            "args": {"config": str(root / "model.yaml"), "no-progress": True},
+            "supernet_args": {"epochs": 2, "eval-every": 2, "lr": 1e-2},
+            "train_args": {"epochs": 1, "lr": 1e-2}, "search_args": SEARCH}
+    (root / "plan.yaml").write_text(yaml.safe_dump(plan))
+    return root
 
 
-def private_copy(first, tmp_path):
-    """The first sweep's runs folder copied for one test (same settings, its own RUNS)."""
-    runs, env, _ = first
-    copy = tmp_path / "runs dir"
-    shutil.copytree(runs, copy)
-    return copy, {**env, "RUNS": str(copy)}
+def sweep(capsys, *argv) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as err:
+        cli(list(argv))
+    return err.value.code, capsys.readouterr().out
 
 
-@pytest.mark.slow
-def test_sweep_runs_both_commands_per_task_then_the_report(first):
-    runs, _, res = first
-    out = res.stdout
-    assert res.returncode == 0, out + res.stderr
-    for task in TASKS:
-        assert (runs / task / "supernet" / f"{task}.pt").is_file()
-        assert (runs / task / "supernet" / "DONE").is_file()
-        result = json.loads((runs / task / "0.006M_seed1" / "results.json").read_text())
-        assert result["dataset"] == task and result["param_limit_M"] == 0.006
-        assert result["model"] == "vit_tiny_patch16_224"  # the YAML's model: no --model default
-        for step in STEPS:
-            assert f"{task} {step}: run" in out and f"{task} {step}: ok" in out
-            assert (runs / task / f"{step}.log").is_file()
-    assert "vtab_sweep summary: 2 of 2 task(s) done" in out and "done: eurosat patch_camelyon" in out
-    # One worker per GPU, each pinned.
-    assert "CUDA_VISIBLE_DEVICES=0 " in (runs / "eurosat" / "supernet.log").read_text()
-    assert "CUDA_VISIBLE_DEVICES=1 " in (runs / "patch_camelyon" / "0.006M_seed1.log").read_text()
-    report = (runs / "report.md").read_text()
-    assert "glora@0.006M" in report and "No results for 17 of the 19 tasks" in report
-    missing = report.split("## Missing")[1]
-    assert "eurosat" not in missing and "patch_camelyon" not in missing and "dtd" in missing
-    assert (runs / "report.csv").is_file() and "report: wrote" in out
+@pytest.fixture(scope="module")
+def first(world):
+    """The plan run once over two pinned GPU slots (no GPU needed: the CLIs fall back to the CPU)."""
+    runs = world / "runs"
+    res = subprocess.run([sys.executable, "-m", "glora.sweep", str(world / "plan.yaml"), "--runs", str(runs),
+                          "--gpus", "0,1", "--jobs-per-gpu", "1"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return runs, res
 
 
-@pytest.mark.slow
-def test_second_sweep_skips_everything(first, tmp_path):
-    runs, env = private_copy(first, tmp_path)
-    results = [runs / t / "0.006M_seed1" / "results.json" for t in TASKS]
+def test_sweep_runs_every_job_on_pinned_slots_then_reports(first):
+    """Fails if a job is missing, runs unpinned, writes outside its folder, or the report's table is
+    not printed at the end."""
+    runs, res = first
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "sweep: 8 jobs: 8 done" in res.stdout
+    for task in ("eurosat", "patch_camelyon"):
+        glora = json.loads((runs / task / "val" / "glora_0.006M" / "results.json").read_text())
+        lora = json.loads((runs / task / "val" / "lora" / "results.json").read_text())
+        assert (glora["method"], glora["weights"], glora["param_limit_M"]) == ("glora", "supernet", 0.006)
+        assert (lora["method"], lora["splits"]["train"], lora["init"]) == ("lora", "train800", "fresh")
+        assert (runs / task / "val" / "lora" / "train" / f"{task}.pt").is_file()
+    pins = {line.split()[3] for log in runs.rglob("*.log") if log.name != "report.log"
+            for line in log.read_text().splitlines() if line.startswith("=== ")}
+    assert pins == {"CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"}
+    table = (runs / "table.md").read_text()
+    assert "| glora | 0.006 | inherited from supernet | val | 1 |" in table and "| lora | — | trained | val |" in table
+    assert table.splitlines()[0] in res.stdout and (runs / "report.md").is_file()
+
+
+def test_second_run_does_no_work(first, capsys):
+    """Fails if a finished job is started again (the CLIs' own --resume auto check decides)."""
+    runs, _ = first
+    results = sorted(runs.rglob("results.json"))
     before = [p.stat().st_mtime_ns for p in results]
-    res = sweep(*TASKS, **env, NO_REPORT="1")
-    assert res.returncode == 0, res.stdout + res.stderr
-    for task in TASKS:
-        for step in STEPS:
-            assert f"{task} {step}: skip (done)" in res.stdout
-    assert ": run" not in res.stdout and ": resume" not in res.stdout
+    code, out = sweep(capsys, str(runs.parent / "plan.yaml"), "--runs", str(runs), "--no-report")
+    assert code == 0 and "8 already finished" in out and "start" not in out
     assert [p.stat().st_mtime_ns for p in results] == before
-    assert "2 of 2 task(s) done" in res.stdout and "report: skip" in res.stdout
+    code, out = sweep(capsys, str(runs.parent / "plan.yaml"), "--runs", str(runs), "--dry-run",
+                      "--methods", "glora", "linear_probe")
+    assert code == 0 and "[done] eurosat/val/supernet\n" in out and "[todo] eurosat/val/linear_probe/train\n" in out
+    assert out.endswith("8 jobs (4 results), 4 to run\n")
 
 
-@pytest.mark.slow
-def test_interrupted_supernet_resumes_while_a_task_without_data_fails(first, tmp_path):
-    runs, env = private_copy(first, tmp_path)
-    (runs / "eurosat" / "supernet" / "DONE").unlink()  # as if killed after the last checkpoint
-    res = sweep("dtd", "eurosat", **env, NO_REPORT="1")  # dtd: no data folder
-    out = res.stdout
-    assert res.returncode == 1, out + res.stderr
-    assert "eurosat supernet: resume" in out and "eurosat 0.006M_seed1: skip (done)" in out
-    commands = [l for l in (runs / "eurosat" / "supernet.log").read_text().splitlines() if l.startswith("=== ")]
-    assert len(commands) == 2 and "--resume" not in commands[0]
-    assert commands[1].endswith("--no-progress --resume --epochs 1 --eval-every 1 --batch-size 16")
-    assert (runs / "eurosat" / "supernet" / "DONE").is_file()
-    log = runs / "dtd" / "supernet.log"
-    assert "dtd supernet: FAILED (exit 1" in out
-    assert "vtab_sweep summary: 1 of 2 task(s) done" in out and "done: eurosat" in out
-    assert "FAILED  dtd supernet: exit 1: error: task folder" in out and str(log) in out
-    assert "FAILED  dtd 0.006M_seed1: not run" in out
-    assert not (runs / "dtd" / "supernet" / "DONE").exists()
+def test_finished_job_with_other_settings_fails_without_running(first, capsys):
+    """Fails if a finished run is silently reused under other settings, or run again over itself."""
+    runs, _ = first
+    code, out = sweep(capsys, str(runs.parent / "plan.yaml"), "--runs", str(runs), "--no-report",
+                      "--tasks", "eurosat", "--methods", "lora", "--train-args", "--lr 0.5")
+    assert code == 1 and "start" not in out
+    assert f"FAILED eurosat/val/lora/train: CheckpointError: {runs}/eurosat/val/lora/train/eurosat.pt is a " \
+           "finished run with other settings (lr: 0.01 -> 0.5)" in out
 
 
-# ---------------------------------------------------------------- against a stand-in python
-FAKE_PYTHON = r"""#!/usr/bin/env bash
-# Stand-in for python: records each call, writes what the real command would.
-[[ "$1" == - ]] && exec "$REAL_PYTHON" "$@"   # the script's task-name lookup
-line="$(printf '\t%s' "$@")"
-printf '%s%s\n' "${CUDA_VISIBLE_DEVICES-none}" "$line" >> "$CALLS"  # one write: workers run at once
-if [[ "$1" == -m ]]; then echo "# report" > "$3/report.md"; exit 0; fi
-script=$1; shift
-while (($#)); do case "$1" in --dataset) ds=$2 ;; --save_path) out=$2 ;; esac; shift; done
-if [[ -n "${FAKE_SLEEP:-}" ]]; then
-    trap 'kill $! 2>/dev/null; echo "got SIGINT"; exit 1' INT
-    echo "sleeping"
-    sleep "$FAKE_SLEEP" & wait $!
-fi
-mkdir -p "$out"
-if [[ $script == supernet.py ]]; then echo x > "$out/$ds.pt"; else echo '{}' > "$out/results.json"; fi
-"""
+def test_a_failing_job_does_not_stop_the_others(world, tmp_path, capsys):
+    """Fails if one task's failure stops another task's jobs, if its dependants run anyway, or if
+    the summary does not name the failed job's log and last line."""
+    runs = tmp_path / "runs"
+    code, out = sweep(capsys, str(world / "plan.yaml"), "--runs", str(runs), "--tasks", "dtd", "eurosat",
+                      "--methods", "lora", "--no-report")
+    assert code == 1, out
+    assert json.loads((runs / "eurosat" / "val" / "lora" / "results.json").read_text())["method"] == "lora"
+    log = runs / "dtd" / "val" / "lora" / "train.log"
+    assert f"FAILED dtd/val/lora/train: exit 1: error: task folder {world}/data/dtd not found" in out
+    assert f"; log {log}" in out and "skipped dtd/val/lora: needs dtd/val/lora/train (failed)" in out
+    assert "sweep: 4 jobs: 2 done, 1 failed, 1 skipped" in out
 
 
-@pytest.fixture
-def fake(tmp_path):
-    """env for a sweep whose python is the stand-in; ``calls()`` -> [(CUDA_VISIBLE_DEVICES, argv)]."""
-    exe = tmp_path / "fakepython"
-    exe.write_text(FAKE_PYTHON)
-    exe.chmod(0o755)
-    env = {"PYTHON": str(exe), "REAL_PYTHON": sys.executable, "CALLS": str(tmp_path / "calls"),
-           "RUNS": str(tmp_path / "runs")}
-
-    def calls():
-        path = tmp_path / "calls"
-        lines = path.read_text().splitlines() if path.exists() else []
-        return [(line.split("\t")[0], line.split("\t")[1:]) for line in lines]
-
-    return env, calls
-
-
-def test_help_and_usage_errors():
-    res = sweep("--help")
-    assert res.returncode == 0 and res.stdout.startswith("vtab_sweep.sh - the VTAB-1k sweep")
-    for word in ("--budgets", "LORA_RANK", "GPUS", "CONFIG", "EXTRA_SUPERNET_ARGS", "EXTRA_SEARCH_ARGS",
-                 "NO_REPORT", "smallnorb_ele", "--resume"):
-        assert word in res.stdout
-    for args, env, message in [(["--protocol", "test"], {}, "protocol 'test'"),
-                               (["--frobnicate", "1"], {}, "unknown option --frobnicate"),
-                               ([], {"BUDGETS": "1M"}, "budget '1M'"),
-                               ([], {"LORA_RANK": "0"}, "rank '0'"),
-                               (["../etc"], {}, "'../etc' is not a task name")]:
-        res = sweep(*args, **env)
-        assert res.returncode == 2 and message in res.stderr, res.stderr
-
-
-def test_commands_aliases_budgets_seeds_and_gpu_pinning(fake):
-    env, calls = fake
-    res = sweep("cifar100", "pcam", "dtd", **env, GPUS="0 1", BUDGETS="0.29 0.86", SEEDS="1 2")
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "task cifar100 -> cifar" in res.stdout and "task pcam -> patch_camelyon" in res.stdout
-    runs = env["RUNS"]
-    by_task = {}
-    for gpu, argv in calls():
-        if argv[0] != "-m":
-            by_task.setdefault(argv[argv.index("--dataset") + 1], []).append((gpu, argv))
-    assert {t: {g for g, _ in c} for t, c in by_task.items()} == {"cifar": {"0"}, "patch_camelyon": {"1"}, "dtd": {"0"}}
-    gpu, supernet = by_task["cifar"][0]
-    assert supernet == ["supernet.py", "--dataset", "cifar", "--lr", "1e-4", "--save_path", f"{runs}/cifar/supernet",
-                        "--model", "vit_base_patch16_224_in21k", "--rank", "4", "--no-progress"]
-    searches = [argv for _, argv in by_task["cifar"][1:]]
-    assert [(a[a.index("--param-limits") + 1], a[a.index("--seed") + 1]) for a in searches] == \
-        [("0.29", "1"), ("0.29", "2"), ("0.86", "1"), ("0.86", "2")]
-    assert searches[0] == ["evolution.py", "--dataset", "cifar", "--save_path", f"{runs}/cifar/0.29M_seed1",
-                           "--load_path", f"{runs}/cifar/supernet", "--param-limits", "0.29", "--seed", "1",
-                           "--model", "vit_base_patch16_224_in21k", "--rank", "4", "--no-progress"]
-    assert calls()[-1][1] == ["-m", "vtab.report", runs]
-    assert (Path(runs) / "report.md").is_file()
-    # Interrupted steps: a checkpoint without DONE, a search state without results.json.
-    (Path(runs) / "dtd" / "supernet" / "DONE").unlink()
-    (Path(runs) / "cifar" / "0.86M_seed2" / "results.json").unlink()
-    (Path(runs) / "cifar" / "0.86M_seed2" / "search_state.json").write_text("{}")
-    n = len(calls())
-    res = sweep("cifar", "dtd", **env, BUDGETS="0.29 0.86", SEEDS="1 2", NO_REPORT="1")
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "dtd supernet: resume" in res.stdout and "cifar 0.86M_seed2: resume" in res.stdout
-    assert res.stdout.count(": skip (done)") == 8
-    resumed = [argv for _, argv in calls()[n:]]
-    assert [(a[0], a[a.index("--dataset") + 1], a[-1]) for a in resumed] == \
-        [("evolution.py", "cifar", "--resume"), ("supernet.py", "dtd", "--resume")]
-
-
-def test_config_leaves_unset_options_to_the_yaml(fake, tmp_path):
-    env, calls = fake
-    (tmp_path / "c.yaml").write_text("model: vit_tiny_patch16_224\n")
-    res = sweep("eurosat", **env, CONFIG=str(tmp_path / "c.yaml"), PROTOCOL="paper", NO_REPORT="1",
-                EXTRA_SEARCH_ARGS="--max-epochs 1")
-    assert res.returncode == 0, res.stdout + res.stderr
-    (_, supernet), (_, search) = calls()
-    assert "--model" not in supernet and "--rank" not in supernet and "--lr" not in supernet
-    assert supernet[-5:] == ["--config", str(tmp_path / "c.yaml"), "--protocol", "paper", "--no-progress"]
-    assert search[-2:] == ["--max-epochs", "1"] and "--protocol" in search
-    # A done supernet trained with other settings is not silently reused.
-    res = sweep("eurosat", **env, NO_REPORT="1")
-    assert res.returncode == 1 and "FAILED (done with other settings" in res.stdout
-    assert "FAILED  eurosat supernet:" in res.stdout and len(calls()) == 2
-
-
-def test_ctrl_c_stops_the_sweep_after_the_running_command_saved(fake):
-    env, calls = fake
-    proc = subprocess.Popen(["bash", str(SCRIPT), "eurosat", "dtd", "svhn"],
-                            env=sweep_env(**env, FAKE_SLEEP="60", GPUS="0 1", NO_REPORT="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    runs = Path(env["RUNS"])
-    logs = [runs / "eurosat" / "supernet.log", runs / "dtd" / "supernet.log"]
-    deadline = time.time() + 30
-    while time.time() < deadline and not all(p.is_file() and "sleeping" in p.read_text() for p in logs):
-        time.sleep(0.05)  # until both workers' first command waits, its SIGINT handler set
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the sweep's own process group
-    out, err = proc.communicate(timeout=20)
+def test_ctrl_c_saves_running_jobs_and_a_rerun_finishes_the_rest(world, tmp_path):
+    """Fails if SIGINT to the sweep does not reach the running CLI (no saved state), if the sweep
+    does not wait for it and exit 130, or if the rerun does not resume it and finish the rest."""
+    runs = tmp_path / "runs"
+    argv = [sys.executable, "-m", "glora.sweep", str(world / "plan.yaml"), "--runs", str(runs), "--tasks",
+            "eurosat", "--methods", "glora", "--supernet-args", "--epochs 60 --eval-every 60", "--no-report"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    ckpt = runs / "eurosat" / "val" / "supernet" / "eurosat.pt"
+    deadline = time.time() + 120
+    while not ckpt.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the sweep (the jobs run in their own sessions)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
-    assert "eurosat supernet: interrupted" in out and "dtd supernet: interrupted" in out
-    assert "not run  svhn" in out and "run the same command again" in out
-    assert all("got SIGINT" in p.read_text() for p in logs)
-    assert len(calls()) == 2
+    assert "stopped eurosat/val/supernet: exit 1: interrupted in epoch" in out
+    assert "run the same command again to continue" in out
+    log = (runs / "eurosat" / "val" / "supernet.log").read_text()
+    assert "saved the state at its start" in log
+    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resumed" in (runs / "eurosat" / "val" / "supernet.log").read_text().split("=== ")[-1]
+    assert (runs / "eurosat" / "val" / "glora_0.006M" / "results.json").is_file()

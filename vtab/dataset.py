@@ -263,15 +263,21 @@ class Loader:
     ``randperm`` from a generator seeded with ``seed * 100003 + epoch``, so a resumed run replays
     the same batches. ``resident=True`` copies the whole uint8 split to the device once (a VTAB-1k
     train split at 224 is 150 MB); ``resident=False`` keeps it on the CPU and copies each batch,
-    for large test splits.
+    for large test splits. With ``world_size`` > 1 (data parallelism) every rank walks the same
+    order of global batches of ``batch_size`` and yields only its contiguous share of each
+    (``batch_size / world_size`` samples).
     """
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool, drop_last: bool,
                  seed: int = 0, device: "str | torch.device" = "cpu",
                  mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-                 std: Sequence[float] = IMAGENET_DEFAULT_STD, resident: bool = True):
+                 std: Sequence[float] = IMAGENET_DEFAULT_STD, resident: bool = True,
+                 rank: int = 0, world_size: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size % world_size or not 0 <= rank < world_size:
+            raise ValueError(f"batch size {batch_size} does not split evenly over {world_size} ranks")
+        self.rank, self.world_size = rank, world_size
         self.split, self.batch_size = split, batch_size
         self.shuffle, self.drop_last, self.seed, self.epoch = shuffle, drop_last, seed, 0
         self.device, self.resident = torch.device(device), resident
@@ -300,7 +306,10 @@ class Loader:
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
-        return list(order[: len(self) * self.batch_size].split(self.batch_size))
+        batches = list(order[: len(self) * self.batch_size].split(self.batch_size))
+        if self.world_size > 1:  # this rank's share of each global batch
+            batches = [b.tensor_split(self.world_size)[self.rank] for b in batches]
+        return batches
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) on the device -> float32 (x / 255 - mean) / std."""
@@ -312,7 +321,7 @@ class Loader:
             # One host->device copy of the epoch's order; the per-step gathers stay on the device.
             if not batches:
                 return
-            for idx in torch.cat(batches).to(self.device).split(self.batch_size):
+            for idx in torch.cat(batches).to(self.device).split([len(b) for b in batches]):
                 yield self.normalise(self._images[idx]), self._labels[idx]
             return
         for idx in batches:

@@ -14,14 +14,17 @@ import math
 import re
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from vtab.report_table import default_tasks, method_table
 
 REFERENCE_CSV = Path(__file__).with_name("reference.csv")
 REQUIRED_KEYS = ("dataset", "method", "protocol", "selection_split", "test_acc1")
 AVERAGES = ("mean_of_groups", "mean_19")
 PLOT_FILE = "accuracy_vs_params.png"
+TABLE_FILE = "table.md"
 DASH = "—"
 PROTOCOL_NOTES = (
     "`val`: supernet trained on train800, subnet selected on val200, test evaluated once.",
@@ -41,11 +44,14 @@ class ReportError(Exception):
 
 @dataclass(frozen=True)
 class Cell:
-    """Test top-1 (%) of one row on one task: mean over runs, sample std (n > 1), params (M)."""
+    """Test top-1 (%) of one row on one task: mean over runs, sample std (n > 1), params (M); the
+    mean per seed (key: supernet seed, search/export seed) and the mean search-minus-test gap."""
     mean: float
     std: float | None
     n: int
     params_M: float | None
+    by_seed: dict = field(default_factory=dict)
+    gap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class Row:
     selection_split: str
     params_M: float | None  # mean over tasks of the trainable params (M)
     cells: dict[str, Cell]
+    budget_M: float | None = None
+    variant: str = ""  # how a GLoRA subnet's weights were obtained (see variant())
 
     def acc(self) -> dict[str, float]:
         """Task -> mean test top-1."""
@@ -185,8 +193,15 @@ def _params_M(rec: dict) -> float | None:
 def _cell(recs: list[dict]) -> Cell:
     accs = [float(r["test_acc1"]) for r in recs]
     params = [p for p in map(_params_M, recs) if p is not None]
+    seeds: dict[tuple, list[float]] = {}
+    for r in recs:
+        seeds.setdefault((r.get("supernet_seed"), r.get("seed")), []).append(float(r["test_acc1"]))
+    # The search-minus-test gap, where the search split was not trained on (under `retrain` it was).
+    gaps = [_number(r.get("search_acc1")) - float(r["test_acc1"]) for r in recs
+            if _number(r.get("search_acc1")) is not None and not r.get("search_split_in_training")]
     return Cell(statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else None,
-                len(accs), statistics.fmean(params) if params else None)
+                len(accs), statistics.fmean(params) if params else None,
+                {k: statistics.fmean(v) for k, v in seeds.items()}, statistics.fmean(gaps) if gaps else None)
 
 
 def build_rows(records: Sequence[dict]) -> list[Row]:
@@ -204,7 +219,7 @@ def build_rows(records: Sequence[dict]) -> list[Row]:
         name = budget_label(method, limit) + (f" {how}" if how else "")
         label = f"ours: {name} [{protocol}, selected on {split}]"
         rows.append(Row(label, method, protocol, split,
-                        statistics.fmean(params) if params else None, cells))
+                        statistics.fmean(params) if params else None, cells, limit, how))
     return rows
 
 
@@ -272,7 +287,7 @@ def _vtab_sections(rep: Report) -> list[str]:
 
 
 def render_markdown(rep: Report, plot_file: str | None = None,
-                    skipped: str = "matplotlib is not importable") -> str:
+                    skipped: str = "matplotlib is not importable", tasks: Sequence[str] = ()) -> str:
     """The whole report as markdown."""
     out = ["# VTAB-1k report", "", f"Runs: `{rep.runs_dir}` ({rep.n_files} results.json files, "
            f"{len(rep.errors)} unreadable). Protocols:", ""]
@@ -288,6 +303,8 @@ def render_markdown(rep: Report, plot_file: str | None = None,
     if rep.errors:
         out += ["## Unreadable results files", ""]
         out += [f"- `{path}`: {why}" for path, why in rep.errors] + [""]
+    out += ["## By method (mean ± std over seeds)", ""] + method_table(rep.ours, tasks or default_tasks(
+        rep.ours, rep.ref.tasks))
     out += [f"![accuracy vs params]({plot_file})" if plot_file
             else f"Plot skipped: {skipped}.", ""]
     return "\n".join(out)
@@ -357,6 +374,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="keep only these methods (ours and published), e.g. glora lora")
     p.add_argument("--reference", type=Path, default=REFERENCE_CSV, help="published numbers CSV")
     p.add_argument("--no-plot", action="store_true", help=f"do not draw {PLOT_FILE}")
+    p.add_argument("--tasks", nargs="+", default=None,
+                   help=f"the columns of the by-method table ({TABLE_FILE}); default: every task with results")
     return p
 
 
@@ -374,11 +393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     plotted = not args.no_plot and plot(rep, out / PLOT_FILE)
     skipped = "--no-plot" if args.no_plot else "matplotlib is not importable"
-    markdown = render_markdown(rep, PLOT_FILE if plotted else None, skipped)
+    tasks = args.tasks or default_tasks(rep.ours, rep.ref.tasks)
+    markdown = render_markdown(rep, PLOT_FILE if plotted else None, skipped, tasks)
     (out / "report.md").write_text(markdown)
     write_csv(rep, out / "report.csv")
+    (out / TABLE_FILE).write_text("\n".join(method_table(rep.ours, tasks)))
     print(markdown)
-    print(f"wrote {out / 'report.md'} and {out / 'report.csv'}, "
+    print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / TABLE_FILE}, "
           + (f"and {out / PLOT_FILE}" if plotted else f"skipped the plot ({skipped})"))
     return 0
 

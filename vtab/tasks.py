@@ -120,3 +120,24 @@ def resolve_task(name: "str | TaskInfo") -> TaskInfo:
     raise DataError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} "
                     f"(aliases such as {', '.join(list(ALIASES)[:6])}, ... are accepted)")
 
+
+
+# Names that select several tasks at once (the sweep's --tasks accepts them next to task names).
+SELECTIONS: dict[str, tuple[str, ...]] = {"all": VTAB_TASKS, **GROUPS, "mini": MINI_TASKS}
+
+
+def select_tasks(names: "list[str] | tuple[str, ...]") -> list[str]:
+    """Task and selection names (all, natural, specialized, structured, mini, aliases) -> folder
+    names, in the given order without repeats; DataError naming the first unknown one."""
+    chosen: list[str] = []
+    for name in names:
+        key = _normalise(name)
+        if key in SELECTIONS:
+            picked = SELECTIONS[key]
+        elif ALIASES.get(key, key) in TASKS:
+            picked = (ALIASES.get(key, key),)
+        else:
+            raise DataError(f"unknown task {name!r}; selections: {', '.join(SELECTIONS)}; "
+                            f"tasks: {', '.join(TASKS)}")
+        chosen += [t for t in picked if t not in chosen]
+    return chosen

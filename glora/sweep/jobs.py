@@ -1,0 +1,156 @@
+"""A plan expanded into jobs: each job is one call of supernet.py or evolution.py.
+
+Output tree (``S``: a seed; without --seeds that level is left out and each CLI keeps its default):
+
+    RUNS/<task>/seed<S>/val/supernet/             GLoRA supernet (shared by `val` and `retrain`)
+    RUNS/<task>/seed<S>/val/glora_<B>M/           its search under budget B: the GLoRA row
+    RUNS/<task>/seed<S>/paper/supernet/, paper/glora_<B>M/     the same under `paper`
+    RUNS/<task>/seed<S>/<protocol>/<method>/train/             a baseline trained (supernet.py)
+    RUNS/<task>/seed<S>/<protocol>/<method>/                   ... exported and tested (evolution.py)
+    RUNS/<task>/seed<S>/<protocol>/glora_retrain_<B>M/train/   the searched subnet retrained, and
+    RUNS/<task>/seed<S>/<protocol>/glora_retrain_<B>M/         exported (glora_fresh_<B>M likewise)
+
+Every job's log is its output folder's name + ``.log`` (``val/supernet.log``, ``lora/train.log``).
+`val` and `retrain` share the supernet and the search (both train on train800 and score on val200;
+nothing is retrained for the GLoRA row), so they run once, under `val`.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from glora.config import parse_args
+from glora.sweep.plan import GLORA_METHODS, REPO, TRAIN_METHODS, Plan, cli_module
+
+KINDS = ("supernet", "search", "train", "export")
+SCRIPTS = {"supernet": "supernet", "search": "evolution", "train": "supernet", "export": "evolution"}
+# States: waiting -> running -> done | failed | interrupted; skipped: a dependency did not finish;
+# unneeded: not finished, but everything that needs it is.
+STATES = ("done", "running", "failed", "interrupted", "skipped", "waiting", "unneeded")
+
+
+@dataclass
+class Job:
+    """One CLI call, with its place in the graph and its state in this sweep."""
+    name: str                 # its output folder relative to RUNS: unique
+    kind: str                 # supernet | search | train | export
+    argv: list[str]
+    out: Path
+    task: str
+    seed: int | None
+    protocol: str
+    method: str | None = None
+    deps: list[str] = field(default_factory=list)
+    state: str = "waiting"
+    note: str = ""            # why it is in its state (already finished, exit code, ...)
+
+    @property
+    def script(self) -> str:
+        return SCRIPTS[self.kind]
+
+    @property
+    def log(self) -> Path:
+        return self.out.with_name(self.out.name + ".log")
+
+    def command(self) -> list[str]:
+        """The command line: the same interpreter, the CLI at the repository root."""
+        return [sys.executable, str(REPO / f"{self.script}.py"), *self.argv]
+
+
+def _flags(*sections: dict) -> list[str]:
+    """Flag sections merged (a later one overrides an earlier one's flag), as argv."""
+    merged = {option: value for flags in sections for option, value in flags.items()}
+    return [a for option, value in merged.items() for a in ([option] if value is True else [option, str(value)])]
+
+
+class _Builder:
+    """Adds jobs once each (the supernet and search are shared by several rows)."""
+
+    def __init__(self, plan: Plan):
+        self.plan, self.jobs, self.targets = plan, {}, []
+
+    def add(self, kind: str, out: Path, task: str, seed, protocol: str, extra: list[str],
+            deps: list[Job], method: str | None = None) -> Job:
+        name = out.relative_to(self.plan.runs).as_posix()
+        if name not in self.jobs:
+            section = {"supernet": "supernet_args", "search": "search_args", "train": "train_args",
+                       "export": "export_args"}[kind]
+            own = ["--dataset", task, "--protocol", protocol, "--save_path", str(out), "--resume", "auto"]
+            own += ["--seed", str(seed)] if seed is not None else []
+            flags = _flags(self.plan.flags["args"], self.plan.flags[section],
+                           self.plan.method_flags.get(method, {}) if kind == "train" else {})
+            self.jobs[name] = Job(name, kind, own + extra + flags, out, task, seed, protocol, method,
+                                  [d.name for d in deps])
+        return self.jobs[name]
+
+    def glora(self, base: Path, task: str, seed, protocol: str, budget: float) -> tuple[Job, Job]:
+        shared = "paper" if protocol == "paper" else "val"
+        supernet = self.add("supernet", base / shared / "supernet", task, seed, shared, [], [], "glora")
+        search = self.add("search", base / shared / f"glora_{budget:g}M", task, seed, shared,
+                          ["--load_path", str(supernet.out), "--param-limits", f"{budget:g}"], [supernet],
+                          "glora")
+        return supernet, search
+
+    def trained(self, base: Path, task: str, seed, protocol: str, method: str, budget: float | None) -> Job:
+        folder = base / protocol / (method if budget is None else f"{method}_{budget:g}M")
+        extra, deps = list(TRAIN_METHODS[method]), []
+        if method in GLORA_METHODS:
+            supernet, search = self.glora(base, task, seed, protocol, budget)
+            extra = ["--subnet", str(search.out / "subnet.yaml")]
+            deps = [search]
+            if method == "glora_retrain":
+                extra += ["--init-from", str(supernet.out)]
+                deps.append(supernet)
+        train = self.add("train", folder / "train", task, seed, protocol, extra, deps, method)
+        return self.add("export", folder, task, seed, protocol, ["--load_path", str(train.out)], [train], method)
+
+
+def build_jobs(plan: Plan) -> tuple[dict[str, Job], list[str]]:
+    """All jobs of a plan (name -> Job, in run order) and the targets (jobs that give a table row)."""
+    b = _Builder(plan)
+    for task in plan.tasks:
+        for seed in plan.seeds or [None]:
+            base = plan.runs / task / (f"seed{seed}" if seed is not None else "")
+            for protocol in plan.protocols:
+                for method in plan.methods:
+                    if method == "glora":
+                        b.targets += [b.glora(base, task, seed, protocol, budget)[1].name for budget in plan.budgets]
+                    elif method in GLORA_METHODS:
+                        b.targets += [b.trained(base, task, seed, protocol, method, budget).name
+                                      for budget in plan.budgets]
+                    else:
+                        b.targets.append(b.trained(base, task, seed, protocol, method, None).name)
+    order = sorted(b.jobs.values(), key=lambda j: KINDS.index(j.kind))  # stable: plan order per kind
+    return {j.name: j for j in order}, list(dict.fromkeys(b.targets))
+
+
+def finished(job: Job) -> str | None:
+    """The CLI's own answer (``completed(args)``, what ``--resume auto`` checks): a line if done."""
+    module = cli_module(job.script)
+    return module.completed(parse_args(module.get_args_parser(), job.argv))
+
+
+def mark_finished(jobs: dict[str, Job], targets: list[str]) -> None:
+    """Mark finished jobs done, then jobs that nothing unfinished needs as unneeded."""
+    for job in jobs.values():
+        try:
+            note = finished(job)
+        except SystemExit as err:  # the CLI's own one-line refusal (e.g. a bad --config file)
+            job.state, job.note = "failed", str(err.code)
+            continue
+        except Exception as err:  # noqa: BLE001 - e.g. "finished with other settings": a job failure
+            job.state, job.note = "failed", f"{type(err).__name__}: {err}"
+            continue
+        if note:
+            job.state, job.note = "done", note
+    needed: set[str] = set()
+    stack = [t for t in targets if jobs[t].state != "done"]
+    while stack:
+        name = stack.pop()
+        if name not in needed:
+            needed.add(name)
+            stack += [d for d in jobs[name].deps if jobs[d].state != "done"]
+    for job in jobs.values():
+        if job.state == "waiting" and job.name not in needed:
+            job.state, job.note = "unneeded", "everything that needs it is finished"

@@ -1,0 +1,245 @@
+"""The plan of a sweep: tasks x methods x budgets x seeds x protocols, and the flags of the two CLIs.
+
+A plan comes from a YAML file and the command line (the command line wins, flag by flag) and is
+checked once, before anything runs: unknown keys, tasks, methods, protocols and flags are one-line
+errors. Flags are checked against the CLIs' own argparse parsers, so the sweep accepts exactly what
+``supernet.py`` and ``evolution.py`` accept.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import shlex
+import sys
+from argparse import Action, ArgumentParser
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from vtab.tasks import DataError, select_tasks
+
+REPO = Path(__file__).resolve().parents[2]
+# method -> the flags that make its train job (None: the GLoRA search row, no train job).
+TRAIN_METHODS: dict[str, list[str] | None] = {
+    "glora": None,                 # supernet + search; the subnet keeps the supernet's weights
+    "glora_retrain": ["--init-from"],  # the searched subnet retrained from the supernet's tensors
+    "glora_fresh": [],             # the searched subnet retrained from a fresh init
+    "lora": ["--subnet", "lora"],
+    "linear_probe": ["--subnet", "linear_probe"],
+    "bitfit": ["--subnet", "bitfit"],
+    "ssf": ["--subnet", "ssf"],
+    "full_finetune": ["--full-finetune"],
+}
+METHODS = tuple(TRAIN_METHODS)
+GLORA_METHODS = ("glora", "glora_retrain", "glora_fresh")
+PROTOCOLS = ("val", "retrain", "paper")
+# Flag sections: which CLI parses them (args: both).
+SECTIONS = {"args": ("supernet", "evolution"), "supernet_args": ("supernet",),
+            "search_args": ("evolution",), "train_args": ("supernet",), "export_args": ("evolution",)}
+LIST_KEYS = ("tasks", "methods", "budgets", "seeds", "protocols")
+PLAN_KEYS = ("runs", *LIST_KEYS, *SECTIONS, "method_args")
+# Set by the sweep for every job: a plan must not set them.
+OWNED = {"dataset": "tasks", "save_path": "runs", "load_path": "the job graph", "protocol": "protocols",
+         "seed": "seeds", "param_limits": "budgets", "subnet": "methods", "full_finetune": "methods",
+         "init_from": "methods", "resume": "the sweep (--resume auto)"}
+Flags = dict[str, "str | bool"]  # canonical option string -> value (True: a bare flag)
+
+
+class PlanError(ValueError):
+    """A wrong plan: unknown key, task, method, protocol or flag (one line)."""
+
+
+@dataclass
+class Plan:
+    """Everything a sweep runs, checked."""
+    runs: Path = Path("runs/vtab")
+    tasks: list[str] = field(default_factory=lambda: ["all"])
+    methods: list[str] = field(default_factory=lambda: ["glora"])
+    budgets: list[float] = field(default_factory=list)  # empty: evolution.py's --param-limits default
+    seeds: list[int] = field(default_factory=list)  # empty: each CLI's own --seed default
+    protocols: list[str] = field(default_factory=lambda: ["val"])
+    flags: dict[str, Flags] = field(default_factory=lambda: {s: {} for s in SECTIONS})
+    method_flags: dict[str, Flags] = field(default_factory=dict)
+
+
+def cli_module(name: str):
+    """``supernet`` or ``evolution``: the CLI module at the repository root."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return importlib.import_module(name)
+
+
+_PARSERS: dict[str, ArgumentParser] = {}
+
+
+def _parser(name: str) -> ArgumentParser:
+    if name not in _PARSERS:
+        _PARSERS[name] = cli_module(name).get_args_parser()
+    return _PARSERS[name]
+
+
+def find_flag(key: str, clis: tuple[str, ...], where: str) -> tuple[str, Action]:
+    """The canonical option string and action of ``key`` (``epochs``, ``--m_prob``, ``warmup_epochs``)."""
+    bare = str(key).lstrip("-")
+    spellings = [f"--{bare}", f"--{bare.replace('_', '-')}", f"--{bare.replace('-', '_')}"]
+    found = None
+    for cli in clis:
+        options = _parser(cli)._option_string_actions
+        action = next((options[s] for s in spellings if s in options), None)
+        if action is None:
+            known = [o for o in options if o.startswith("--")]
+            near = difflib.get_close_matches(spellings[0], known, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise PlanError(f"{where}: --{bare} is not a flag of {cli}.py{hint}")
+        found = found or action
+    if found.dest in OWNED:
+        raise PlanError(f"{where}: --{bare} is set by the sweep for every job (from {OWNED[found.dest]})")
+    return next(o for o in found.option_strings if o.startswith("--")), found
+
+
+def flag_value(action: Action, option: str, value: Any, where: str) -> str | bool | None:
+    """A YAML or command-line value as the CLI will read it; None: leave the flag out."""
+    if action.nargs == 0:  # store_true / store_false: present or not
+        if value in (True, False, None):
+            return True if value else None
+        raise PlanError(f"{where}: {option} takes no value (true or false), got {value!r}")
+    if value is None:
+        return None
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    if action.type is not None and action.type is not json.loads:
+        try:
+            typed = action.type(text)
+        except Exception:  # noqa: BLE001 - argparse's own types raise ValueError or TypeError
+            raise PlanError(f"{where}: {option}: {value!r} is not a valid {action.type.__name__}") from None
+        if action.choices is not None and typed not in action.choices:
+            raise PlanError(f"{where}: {option}: {value!r} is not one of {list(action.choices)}")
+    return text
+
+
+def check_flags(mapping: Any, clis: tuple[str, ...], where: str) -> Flags:
+    """A mapping of flag -> value checked against the CLIs' parsers."""
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, Mapping):
+        raise PlanError(f"{where}: expected a mapping of flag: value, got {mapping!r}")
+    flags: Flags = {}
+    for key, value in mapping.items():
+        option, action = find_flag(key, clis, where)
+        checked = flag_value(action, option, value, where)
+        if checked is None:
+            flags.pop(option, None)
+        else:
+            flags[option] = checked
+    return flags
+
+
+def parse_flag_string(text: str, clis: tuple[str, ...], where: str) -> dict[str, Any]:
+    """``"--epochs 3 --no-progress"`` -> ``{"--epochs": "3", "--no-progress": True}``."""
+    tokens, out, i = shlex.split(text), {}, 0
+    while i < len(tokens):
+        key, eq, value = tokens[i].partition("=")
+        if not key.startswith("--"):
+            raise PlanError(f"{where}: expected a --flag, got {tokens[i]!r}")
+        option, action = find_flag(key, clis, where)
+        if action.nargs == 0:
+            out[option] = True
+        elif eq:
+            out[option] = value
+        elif i + 1 < len(tokens):
+            out[option], i = tokens[i + 1], i + 1
+        else:
+            raise PlanError(f"{where}: {option} needs a value")
+        i += 1
+    return out
+
+
+def as_list(value: Any) -> list:
+    """A YAML list, or a scalar / space- or comma-separated string."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return str(value).replace(",", " ").split()
+
+
+def _choose(values: list, valid: tuple[str, ...], what: str) -> list[str]:
+    for v in values:
+        if v not in valid:
+            near = difflib.get_close_matches(str(v), valid, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise PlanError(f"unknown {what} {v!r}; {hint}{what}s: {', '.join(valid)}")
+    return list(dict.fromkeys(values))
+
+
+def _numbers(values: list, kind: type, what: str, ok) -> list:
+    out = []
+    for v in values:
+        try:
+            number = kind(v)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not ok(number) or (kind is int and str(v).strip() != str(number)):
+            raise PlanError(f"{what} {v!r} is not a {'non-negative integer' if kind is int else 'positive number (M)'}")
+        out.append(number)
+    return list(dict.fromkeys(out))
+
+
+def read_plan_file(path: str | Path) -> dict[str, Any]:
+    """The YAML plan as a mapping; unknown top-level keys are errors."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise PlanError(f"plan file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise PlanError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise PlanError(f"{path} must hold a mapping (runs, tasks, methods, ...)")
+    for key in raw:
+        if key not in PLAN_KEYS:
+            near = difflib.get_close_matches(str(key), PLAN_KEYS, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise PlanError(f"{path}: unknown key {key!r}{hint}; valid keys: {', '.join(PLAN_KEYS)}")
+    return raw
+
+
+def build_plan(raw: Mapping[str, Any], source: str = "plan") -> Plan:
+    """Check a raw plan (file values already overridden by the command line) into a Plan."""
+    plan = Plan()
+    if raw.get("runs"):
+        plan.runs = Path(str(raw["runs"]))
+    try:
+        plan.tasks = select_tasks([str(t) for t in as_list(raw.get("tasks", plan.tasks))])
+    except DataError as err:
+        raise PlanError(str(err)) from None
+    plan.methods = _choose(as_list(raw.get("methods", plan.methods)), METHODS, "method")
+    plan.protocols = _choose(as_list(raw.get("protocols", plan.protocols)), PROTOCOLS, "protocol")
+    plan.seeds = _numbers(as_list(raw.get("seeds")), int, "seed", lambda s: s >= 0)
+    plan.budgets = _numbers(as_list(raw.get("budgets")), float, "budget", lambda b: b > 0) or \
+        [_parser("evolution").get_default("param_limits")]
+    for what in ("tasks", "methods", "protocols"):
+        if not getattr(plan, what):
+            raise PlanError(f"{source}: no {what} given")
+    plan.flags = {s: check_flags(raw.get(s), clis, f"{source}: {s}") for s, clis in SECTIONS.items()}
+    per_method = raw.get("method_args") or {}
+    if not isinstance(per_method, Mapping):
+        raise PlanError(f"{source}: method_args: expected method: {{flag: value}}")
+    for method, mapping in per_method.items():
+        _choose([method], tuple(m for m in METHODS if m != "glora"), "method_args method")
+        plan.method_flags[method] = check_flags(mapping, ("supernet",), f"{source}: method_args: {method}")
+    return plan
+
+
+def merge(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The plan file's values with the command line's on top (flag sections merge flag by flag)."""
+    out = dict(raw)
+    for key, value in overrides.items():
+        if key in SECTIONS:
+            base = check_flags(raw.get(key), SECTIONS[key], f"plan: {key}")
+            out[key] = {**base, **value}
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,199 @@
+"""The Slurm backend, through submitit: one job array per stage, dependencies between the arrays.
+
+Jobs of one kind that wait for the same kinds of jobs form one array (supernets; searches; baselines'
+training, which waits for nothing; retrains, which wait for searches; exports), with
+``--array=0-N%P`` (P: --slurm-parallelism). An array waits for the arrays it depends on with
+``afterany``, and each task checks, with the CLIs' own rule, that its own dependencies finished
+before it calls its CLI, so a failed supernet stops only the jobs that need it. Each task is the
+same CLI call as locally (``--resume auto``), its output appended to the same log. When Slurm warns
+of a time limit or pre-emption (submitit's USR2), the task tells its CLI to save (SIGINT) and
+submitit requeues it, so it continues where it stopped.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from glora.sweep.jobs import KINDS, Job, finished
+from glora.sweep.local import launch
+from glora.sweep.plan import REPO, PlanError
+from glora.sweep.status import Board, last_line
+
+DEFAULT_TIME_MIN = 1440
+POLL_S = 2.0
+GRACE_S = 30.0
+
+
+class NodeCall:
+    """One array task on a compute node: check the dependencies, run the CLI, fail loudly."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def __call__(self, job: Job, deps: list[Job]) -> str:
+        missing = [d for d in deps if not finished(d)]
+        if missing:
+            self._fail(job, f"not run: needs {missing[0].name}, which did not finish (log {missing[0].log})")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The CLI must not die of submitit's USR2 warning: this process turns it into SIGINT (save).
+        self.proc, log = launch(job, env, preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
+        rc = self.proc.wait()
+        log.close()
+        done = finished(job) if rc == 0 else None
+        if not done:
+            self._fail(job, f"exit {rc}: {last_line(job.log)}" if rc else "exited 0 but its outputs are incomplete")
+        return done
+
+    @staticmethod
+    def _fail(job: Job, reason: str) -> None:
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(job.log, "a") as handle:
+            handle.write(f"sweep: {reason}\n")
+        raise RuntimeError(reason)
+
+    def checkpoint(self, job: Job, deps: list[Job]):
+        """submitit's hook on a time limit or pre-emption: let the CLI save, then requeue this call."""
+        import submitit
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait()
+        return submitit.helpers.DelayedSubmission(NodeCall(), job, deps)
+
+
+def arrays(jobs: dict[str, Job]) -> list[tuple[str, list[Job], list[str]]]:
+    """(label, jobs, labels of the arrays it waits for) per array, in submission order."""
+    todo = [j for j in jobs.values() if j.state == "waiting"]
+    groups: dict[tuple[str, tuple[str, ...]], list[Job]] = {}
+    for job in todo:
+        waits = tuple(sorted({jobs[d].kind for d in job.deps if jobs[d].state == "waiting"},
+                             key=KINDS.index))
+        groups.setdefault((job.kind, waits), []).append(job)
+    order = sorted(groups, key=lambda k: (KINDS.index(k[0]), len(k[1])))
+    label = {k: k[0] + (f" (after {', '.join(k[1])})" if k[1] else "") for k in order}
+    out = []
+    for key in order:
+        names = {d for j in groups[key] for d in j.deps}
+        after = [label[o] for o in order if o != key and any(j.name in names for j in groups[o])]
+        out.append((label[key], groups[key], after))
+    return out
+
+
+def parameters(args) -> dict:
+    """submitit's SlurmExecutor parameters from the --slurm-* options."""
+    params = {"time": args.slurm_time or DEFAULT_TIME_MIN, "job_name": "glora-sweep",
+              "setup": [f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}",
+                        "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"],
+              "additional_parameters": {"chdir": os.getcwd()}}
+    for option, key in (("partition", "partition"), ("gpus", "gpus_per_node"), ("cpus", "cpus_per_task"),
+                        ("parallelism", "array_parallelism"), ("account", "account")):
+        if getattr(args, f"slurm_{option}") is not None:
+            params[key] = getattr(args, f"slurm_{option}")
+    if args.slurm_mem is not None:
+        params["mem"] = f"{args.slurm_mem:g}GB"
+    return params
+
+
+def describe(jobs: dict[str, Job], args) -> None:
+    """The arrays a submission would make (for --dry-run)."""
+    params = {k: v for k, v in parameters(args).items() if k not in ("setup", "additional_parameters")}
+    print(f"slurm: {', '.join(f'{k}={v}' for k, v in params.items())}")
+    for label, group, after in arrays(jobs):
+        print(f"slurm array {label}: {len(group)} task(s)" + (f", afterany: {'; '.join(after)}" if after else ""))
+
+
+def queued() -> dict[str, str] | None:
+    """Slurm job id (123_4 for an array task) -> state code (PD, R, ...) of this user's jobs;
+    None when squeue fails (a busy controller: ask again at the next poll)."""
+    out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %t"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
+
+
+class SlurmBackend:
+    """Submit the waiting jobs as arrays; by default wait for them, showing their states."""
+
+    def __init__(self, args, runs: Path, board: Board | None = None):
+        self.args, self.runs, self.board = args, runs, board
+        self.stop = False
+
+    def submit(self, jobs: dict[str, Job]) -> list[tuple[Job, object]]:
+        try:
+            import submitit
+        except ImportError:
+            raise PlanError("--backend slurm needs submitit (pip install -r requirements.txt)") from None
+        if shutil.which("sbatch") is None:
+            raise PlanError("--backend slurm: sbatch not found (run the sweep where Slurm's commands are)")
+        executor = submitit.SlurmExecutor(folder=self.runs.resolve() / ".submitit" / "%j")
+        submitted, ids = [], {}
+        for label, group, after in arrays(jobs):
+            params = parameters(self.args)
+            if after:
+                params["additional_parameters"] = {**params["additional_parameters"],
+                                                   "dependency": "afterany:" + ":".join(ids[a] for a in after)}
+            executor.update_parameters(**params)
+            try:
+                handles = executor.map_array(NodeCall(), group, [[jobs[d] for d in j.deps] for j in group])
+            except submitit.core.utils.FailedJobError as err:
+                lines = [line for line in str(err).splitlines() if line.strip()]
+                before = f" (submitted before it: {' '.join(ids.values())})" if ids else ""
+                raise PlanError(f"sbatch refused the {label} array: {lines[-1] if lines else err}{before}") from None
+            ids[label] = handles[0].job_id.split("_")[0]
+            print(f"slurm: submitted array {ids[label]} ({label}: {len(group)} task(s))")
+            submitted += list(zip(group, handles))
+        return submitted
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop = True
+
+    def run(self, jobs: dict[str, Job]) -> bool:
+        """Submit, then wait (unless --slurm-no-wait); True unless the wait was interrupted."""
+        pending = self.submit(jobs)
+        if self.args.slurm_no_wait or not pending:
+            return True
+        board = self.board or Board(jobs)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        gone: dict[str, float] = {}  # job id -> when it left the queue without a result yet
+        try:
+            while pending and not self.stop:
+                states = queued()
+                for job, handle in list(pending) if states is not None else []:
+                    state = states.get(handle.job_id)
+                    if state == "R" and job.state == "waiting":
+                        board.start(job, f"slurm {handle.job_id}")
+                    left = gone.setdefault(handle.job_id, time.time()) if state is None else None
+                    # A shared file system may show the result a little after the job ends.
+                    if handle.paths.result_pickle.exists() or (left is not None and time.time() - left > GRACE_S):
+                        pending.remove((job, handle))
+                        self._collect(job, handle, jobs, board)
+                board.refresh()
+                time.sleep(POLL_S)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            board.close()
+        if self.stop:
+            ids = sorted({h.job_id.split("_")[0] for _, h in pending})
+            print(f"slurm: stopped waiting; the jobs keep running (scancel {' '.join(ids)} stops them); "
+                  "run the sweep again to see them finish")
+        return not self.stop
+
+    @staticmethod
+    def _collect(job: Job, handle, jobs: dict[str, Job], board: Board) -> None:
+        if handle.paths.result_pickle.exists() and handle.exception() is None:
+            board.finish(job, "done")
+            return
+        blocked = next((jobs[d] for d in job.deps if jobs[d].state != "done"), None)
+        if blocked is not None:
+            board.finish(job, "skipped", f"needs {blocked.name} ({blocked.state})")
+            return
+        reason = last_line(job.log) if job.log.is_file() else ""
+        board.finish(job, "failed", reason.removeprefix("sweep: ") or
+                     f"no result from Slurm job {handle.job_id}; see {handle.paths.stderr}")

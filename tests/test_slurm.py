@@ -1,0 +1,137 @@
+"""The Slurm backend against a real single-node Slurm (tests/slurm_node.py): the same tiny sweep
+through Slurm and locally gives the same results; a failed job stops only what needs it. Where
+Slurm cannot start here the test skips and says why. Also the requeue hook without Slurm."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from glora.sweep.cli import get_args_parser, plan_from
+from glora.sweep.jobs import build_jobs
+from glora.sweep.slurm import NodeCall
+from tests import slurm_node
+from tests.conftest import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ("eurosat", "patch_camelyon")
+
+
+def make_world(root: Path) -> Path:
+    """Two generated tasks, a tiny backbone and a plan: GLoRA searched and retrained from its supernet."""
+    for task, classes in zip(TASKS, (10, 2)):
+        make_noah_task(root / "data", task, num_classes=classes)
+    save_tiny_backbone(root / "bb.safetensors")
+    model = {"model": "vit_tiny_patch16_224", "model_kwargs": TINY_VIT_KWARGS, "input_size": 32,
+             "pretrained": str(root / "bb.safetensors"), "data_path": str(root / "data"), "batch_size": 16}
+    (root / "model.yaml").write_text(yaml.safe_dump(model))
+    plan = {"tasks": list(TASKS), "methods": ["glora", "glora_retrain"], "budgets": [0.006], "seeds": [3],
+            "args": {"config": str(root / "model.yaml"), "no-progress": True},
+            "supernet_args": {"epochs": 2, "eval-every": 2, "lr": 1e-2}, "train_args": {"epochs": 1, "lr": 1e-2},
+            "search_args": {"population-num": 4, "select-num": 2, "mutation-num": 2, "crossover-num": 2,
+                            "max-epochs": 1}}
+    (root / "plan.yaml").write_text(yaml.safe_dump(plan))
+    return root / "plan.yaml"
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """The node's client environment; the daemons are stopped afterwards if this test started them."""
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install -r requirements.txt)")
+    was_running = slurm_node.running()
+    reason = slurm_node.start()
+    if reason is not None:
+        pytest.skip(f"single-node Slurm unavailable: {reason}")
+    yield slurm_node.env()
+    if not was_running:
+        slurm_node.stop()
+
+
+def sweep(plan: Path, runs: Path, env: dict, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "glora.sweep", str(plan), "--runs", str(runs), *options],
+                          cwd=REPO, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"})
+
+
+def test_slurm_sweep_equals_the_local_sweep(slurm, tmp_path):
+    """Fails if the Slurm backend runs other commands than the local one, breaks the stage order
+    (a search before its supernet, a retrain before its search), loses a job, gives results that
+    differ from the local backend's, or submits finished jobs again."""
+    plan = make_world(tmp_path)
+    res = sweep(plan, tmp_path / "slurm", slurm, "--backend", "slurm", "--slurm-time", "20", "--slurm-cpus", "1")
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    for label in ("supernet: 2 task(s)", "search (after supernet): 2 task(s)",
+                  "train (after supernet, search): 2 task(s)", "export (after train): 2 task(s)"):
+        assert f"({label})" in out, out
+    assert "sweep: 8 jobs: 8 done" in out
+    local = sweep(plan, tmp_path / "local", os.environ, "--no-report")
+    assert local.returncode == 0 and "sweep: 8 jobs: 8 done" in local.stdout, local.stdout + local.stderr
+    for task in TASKS:
+        for row in ("val/glora_0.006M", "val/glora_retrain_0.006M"):
+            a, b = (json.loads((tmp_path / side / task / "seed3" / row / "results.json").read_text())
+                    for side in ("slurm", "local"))
+            assert (a["method"], a["init"], a["seed"]) == ("glora", "inherited", 3)
+            assert {k: a[k] for k in ("test_acc1", "search_acc1", "params")} == \
+                {k: b[k] for k in ("test_acc1", "search_acc1", "params")}
+            wa, wb = (load_file(tmp_path / side / task / "seed3" / row / "merged" / "model.safetensors")
+                      for side in ("slurm", "local"))
+            assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # Everything finished is skipped: a second Slurm sweep submits nothing.
+    again = sweep(plan, tmp_path / "slurm", slurm, "--backend", "slurm", "--no-report")
+    assert again.returncode == 0 and "submitted" not in again.stdout and "8 already finished" in again.stdout
+
+
+def test_slurm_dry_run_prints_the_arrays(tmp_path):
+    """Fails if --dry-run submits, or the arrays' grouping and dependencies are not what Slurm gets."""
+    plan = make_world(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "glora.sweep", str(plan), "--runs", str(tmp_path / "r"),
+                          "--methods", "glora", "glora_retrain", "lora", "--backend", "slurm", "--dry-run",
+                          "--slurm-partition", "gpu", "--slurm-gpus", "1", "--slurm-mem", "16",
+                          "--slurm-parallelism", "4"], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stdout.splitlines() if line.startswith("slurm")]
+    assert lines == ["slurm: time=1440, job_name=glora-sweep, partition=gpu, gpus_per_node=1, "
+                     "array_parallelism=4, mem=16GB",
+                     "slurm array supernet: 2 task(s)",
+                     "slurm array search (after supernet): 2 task(s), afterany: supernet",
+                     "slurm array train: 2 task(s)",
+                     "slurm array train (after supernet, search): 2 task(s), afterany: supernet; "
+                     "search (after supernet)",
+                     "slurm array export (after train): 4 task(s), afterany: train; "
+                     "train (after supernet, search)"]
+
+
+def test_node_call_checks_dependencies_and_requeue_hook_resumes(tmp_path):
+    """Fails if an array task runs although a job it needs did not finish (Slurm's afterany lets it
+    start), if submitit's time-limit hook does not make the running CLI save its state, or if the
+    requeued call does not continue from it to the finished run."""
+    plan = make_world(tmp_path)
+    args = get_args_parser().parse_args([str(plan), "--runs", str(tmp_path / "r"), "--tasks", "eurosat",
+                                         "--supernet-args", "--epochs 60 --eval-every 60"])
+    jobs, _ = build_jobs(plan_from(args))
+    job = jobs["eurosat/seed3/val/supernet"]
+    search = jobs["eurosat/seed3/val/glora_0.006M"]
+    with pytest.raises(RuntimeError, match="not run: needs eurosat/seed3/val/supernet, which did not finish"):
+        NodeCall()(search, [job])  # afterany started it, but its supernet is not there
+    assert "sweep: not run: needs" in search.log.read_text()
+    call, errors = NodeCall(), []
+    worker = threading.Thread(target=lambda: errors.append(pytest.raises(RuntimeError, call, job, [])))
+    worker.start()
+    ckpt = job.out / "eurosat.pt"
+    deadline = time.time() + 120
+    while not ckpt.is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    requeued = call.checkpoint(job, [])  # what submitit calls on USR2
+    worker.join(60)
+    assert "interrupted in epoch" in str(errors[0].value)
+    assert torch.load(ckpt, weights_only=True)["epoch"] < 60
+    assert requeued.args == (job, []) and isinstance(requeued.function, NodeCall)
+    assert requeued.function(*requeued.args).startswith(f"already finished: {ckpt}")
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 60 and "resumed" in job.log.read_text()
