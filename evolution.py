@@ -29,8 +29,9 @@ from glora.config import (add_common_args, config_dict, differing_settings, give
                           sigterm_as_interrupt, write_yaml)
 from glora.engine import evaluate
 from glora.merge import CandidateModel, export_timm_folder
-from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
-from glora.search import BudgetError, EvolutionSearch, check_budget
+from glora.errors import TargetError, one_line_errors
+from glora.model import autocast_dtype, build_model, resolve_device
+from glora.search import EvolutionSearch, check_budget
 from glora.timm_bias import unexportable_bias_free
 
 
@@ -109,7 +110,7 @@ def refuse_unexportable(model) -> None:
     """A search may give any bias-free layer a bias; refuse at once where timm could not hold it."""
     layers = unexportable_bias_free(model)
     if layers:
-        raise ValueError(f"{layers[0]}{f' and {len(layers) - 1} more' if len(layers) > 1 else ''}: no bias, "
+        raise TargetError(f"{layers[0]}{f' and {len(layers) - 1} more' if len(layers) > 1 else ''}: no bias, "
                          "and timm has no flag to give one, so a searched subnet using C or E there could "
                          "not be exported; train the supernet with --targets leaving it out, or pass "
                          "--subnet with C and E 'none' there")
@@ -320,13 +321,11 @@ def cli(argv: list[str] | None = None) -> None:
     parser = get_args_parser()
     args = parse_args(parser, argv)
     try:
-        with sigterm_as_interrupt():
+        with one_line_errors(), sigterm_as_interrupt():
             main(args, given_keys(parser, argv))
     except KeyboardInterrupt:
         raise SystemExit(f"interrupted; the search state of the last finished generation is in "
                          f"{Path(args.save_path) / 'search_state.json'}; continue with --resume") from None
-    except (vtab.DataError, WeightsError, CheckpointError, BudgetError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from glora.config import (add_common_args, config_dict, differing_settings, pars
 from glora.distributed import World, average_gradients, close, epoch_seed, init_world, mean_over_ranks
 from glora.engine import (NonFiniteLossError, evaluate, evaluate_subnets, train_one_epoch,
                           zero_fill_stepped_grads)
-from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
+from glora.errors import one_line_errors
+from glora.model import autocast_dtype, build_model, resolve_device
 from glora.probe import check_targets_called
 from glora.timm_bias import unexportable_bias_free
 from glora.space import sample_choice
@@ -333,10 +334,8 @@ def main(args: argparse.Namespace) -> None:
 def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
     args = parse_args(get_args_parser(), argv)
-    try:
+    with one_line_errors():
         main(args)
-    except (vtab.DataError, WeightsError, CheckpointError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -9,15 +9,12 @@ import timm
 import torch
 import yaml
 
+from glora.errors import CheckpointError
 from glora.space import PRESETS, preset_subnet, validate_choice
 
 FORMAT_VERSION = 1
 # What must agree between a checkpoint and the flags that try to use it.
 COMPAT_KEYS = ("model", "model_kwargs", "rank", "targets", "input_size", "protocol", "dataset", "mode", "init")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or incompatible (one-line message)."""
 
 
 def versions() -> dict[str, str]:

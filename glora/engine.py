@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from glora.errors import GLoRAError
 from glora.inject import set_subnet
 from glora.layer import ChoiceSampler
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(GLoRAError, FloatingPointError):
     """The training loss became NaN or inf."""
 
     def __init__(self, epoch: int, step: int, value: float):

@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from glora.errors import one_line_errors
 from glora.inject import current_subnet, glora_layers, set_subnet
 from glora.layer import is_trainable_name
 from glora.merge import merge_glora
@@ -173,18 +174,14 @@ def main(args: argparse.Namespace) -> list[AdapterPlan]:
 
 def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
-    from glora.checkpoint import CheckpointError
-    from glora.model import WeightsError
-
     args = get_args_parser().parse_args(argv)
     try:
-        main(args)
+        with one_line_errors():
+            main(args)
     except ModuleNotFoundError as err:
         if err.name != "peft":
             raise
         raise SystemExit("error: the PEFT export needs peft: pip install -r requirements-extras.txt") from None
-    except (PeftExportError, CheckpointError, WeightsError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -8,13 +8,10 @@ import timm
 import torch
 from torch import nn
 
+from glora.errors import ConfigError, WeightsError
 WEIGHTS_HELP = ("download the original ImageNet-21k ViT-B/16 weights "
                 "(https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz) into the "
                 "repository root (see data/README.md), or pass --pretrained none")
-
-
-class WeightsError(RuntimeError):
-    """Backbone weights are missing or do not fit the model (one-line message)."""
 
 
 def build_model(name: str, num_classes: int, pretrained: str | None = None,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from glora.errors import TargetError
 from glora.inject import DEFAULT_TARGETS, _target_names
 
 
@@ -19,7 +20,7 @@ def check_targets_called(model: nn.Module, targets: str | None, *inputs: Any, **
     """Run ``model(*inputs, **kwargs)`` once and refuse targets the forward never calls.
 
     Call it on the model before ``inject_glora``; returns the matched names (as injection will).
-    Raises ``ValueError`` (one line, naming the first such layer) otherwise.
+    Raises ``TargetError`` (a ``ValueError``) (one line, naming the first such layer) otherwise.
     """
     targets = targets or DEFAULT_TARGETS
     names = _target_names(model, targets)
@@ -37,7 +38,7 @@ def check_targets_called(model: nn.Module, targets: str | None, *inputs: Any, **
     silent = [name for name in names if name not in called]
     if silent:
         more = f" and {len(silent) - 1} more" if len(silent) > 1 else ""
-        raise ValueError(f"{silent[0]}{more}: matched by targets {targets!r} but never called in a "
+        raise TargetError(f"{silent[0]}{more}: matched by targets {targets!r} but never called in a "
                          "forward pass (the model reads its weight directly, as timm's BEiT and EVA do "
                          "for a qkv with q/v bias), so GLoRA there would change nothing; leave it out "
                          "of the targets (or build such a model with qkv_bias=False)")

@@ -34,18 +34,21 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+from glora.errors import BudgetError, CheckpointError, ConfigError
 from glora.space import (SUPPORTS, all_choices, option_params, sample_choice, search_space,
                          subnet_params, support_options)
 
 Subnet = list  # list of per-layer choice dicts, in injection order
 STATE_FORMAT = "glora-search/1"
 PLAIN_TRIES = 10  # uniform draws before repair: the original's distribution for loose budgets
+
+
+class SearchStateError(CheckpointError, ValueError):
+    """A search state of another format or other settings, or malformed (a ValueError as before)."""
+
+
 STAT_KEYS = ("plain_draws", "plain_accepted", "repaired", "constructed", "mutation_tries",
              "mutations", "crossover_tries", "crossovers", "random_tries", "randoms", "duplicates")
-
-
-class BudgetError(ValueError):
-    """No subnet of the space has a parameter count inside the requested budget."""
 
 
 def _shapes(shapes: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
@@ -256,7 +259,7 @@ class EvolutionSearch:
         bad += [] if 0 <= m_prob <= 1 else [f"m_prob={m_prob!r} (needs 0..1)"]
         bad += [] if shapes and all(min(s) > 0 for s in _shapes(shapes)) else [f"shapes={shapes!r}"]
         if bad:
-            raise ValueError(f"invalid search settings: {', '.join(bad)}")
+            raise ConfigError(f"invalid search settings: {', '.join(bad)}")
         self.evaluate_fn = evaluate_fn
         self.config = dict(shapes=[list(s) for s in _shapes(shapes)], rank=rank, m_prob=m_prob,
                            min_params=min_params, max_params=max_params, seed=seed, **counts)
@@ -363,18 +366,29 @@ class EvolutionSearch:
                 "stats": dict(self.stats), "rng_state": [version, list(internal), gauss]}
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore a state; settings must match except max_epochs (which may extend a search)."""
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a {STATE_FORMAT!r} search state: {state.get('format')!r}")
-        saved = state["config"]
+        """Restore a state; settings must match except max_epochs (which may extend a search).
+
+        Raises ``SearchStateError`` for another format, other settings or a malformed state.
+        """
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+            raise SearchStateError(f"not a {STATE_FORMAT!r} search state: {found!r}")
+        saved = state.get("config") if isinstance(state.get("config"), Mapping) else {}
         diff = [f"{k} (saved {saved.get(k)!r}, now {v!r})" for k, v in self.config.items()
                 if k != "max_epochs" and saved.get(k) != v]
         if diff:
-            raise ValueError(f"search state was saved with different settings: {'; '.join(diff)}")
-        self.generation = int(state["generation"])
-        self.candidates, self.top_k = list(state["candidates"]), list(state["top_k"])
-        self.records = [dict(r) for r in state["evaluated"]]
-        self.memo = {r["key"]: i for i, r in enumerate(self.records)}
-        self.stats = dict(state["stats"])
-        version, internal, gauss = state["rng_state"]
-        self.rng.setstate((version, tuple(internal), gauss))
+            raise SearchStateError(f"search state was saved with different settings: {'; '.join(diff)}")
+        try:
+            generation = int(state["generation"])
+            candidates, top_k = list(state["candidates"]), list(state["top_k"])
+            records = [dict(r) for r in state["evaluated"]]
+            memo = {r["key"]: i for i, r in enumerate(records)}
+            stats = dict(state["stats"])
+            version, internal, gauss = state["rng_state"]
+            self.rng.setstate((version, tuple(internal), gauss))
+        except (KeyError, TypeError, ValueError) as err:
+            raise SearchStateError(f"malformed search state ({type(err).__name__}: {err})") from None
+        if any(k not in memo for k in candidates + top_k):
+            raise SearchStateError("malformed search state (candidates or top_k not among the evaluated)")
+        self.generation, self.candidates, self.top_k = generation, candidates, top_k
+        self.records, self.memo, self.stats = records, memo, stats

@@ -35,6 +35,7 @@ from typing import Iterator, Sequence
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from glora.errors import ConfigError
 from glora.progress import progress as progress_bar
 
 from .images import (INTERPOLATIONS, decode_image, open_rgb, pil_pipeline,  # noqa: F401
@@ -274,9 +275,9 @@ class Loader:
                  std: Sequence[float] = IMAGENET_DEFAULT_STD, resident: bool = True,
                  rank: int = 0, world_size: int = 1):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if batch_size % world_size or not 0 <= rank < world_size:
-            raise ValueError(f"batch size {batch_size} does not split evenly over {world_size} ranks")
+            raise ConfigError(f"batch size {batch_size} does not split evenly over {world_size} ranks")
         self.rank, self.world_size = rank, world_size
         self.split, self.batch_size = split, batch_size
         self.shuffle, self.drop_last, self.seed, self.epoch = shuffle, drop_last, seed, 0

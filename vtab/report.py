@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from glora.errors import GLoRAError, one_line
 from vtab.report_table import default_tasks, method_table
 
 REFERENCE_CSV = Path(__file__).with_name("reference.csv")
@@ -38,7 +39,7 @@ PROTOCOL_NOTES = (
 Groups = Mapping[str, Sequence[str]]
 
 
-class ReportError(Exception):
+class ReportError(GLoRAError):
     """A problem that stops the report; str(e) is one line."""
 
 
@@ -143,8 +144,12 @@ def load_reference(path: Path = REFERENCE_CSV) -> Reference:
     groups = _parse_groups([line for line in lines if line.startswith("#")], tasks)
     rows = []
     for rec in reader:
-        params = float(rec["params_M"])
-        cells = {t: Cell(float(rec[t]), None, 1, params) for t in tasks}
+        try:
+            params = float(rec["params_M"])
+            cells = {t: Cell(float(rec[t]), None, 1, params) for t in tasks}
+        except (KeyError, TypeError, ValueError):  # a missing column or a cell that is no number
+            raise ReportError(f"{path}: the row of {rec.get('method')!r} (line {reader.line_num} "
+                              "without comments) has a missing or non-numeric cell") from None
         rows.append(Row(f"published: {rec['method']}", rec["method"], "published", "n/a",
                         params, cells))
     return Reference(tasks, groups, rows)
@@ -384,8 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         rep = collect(args.runs_dir, args.methods, load_reference(args.reference))
-    except (ReportError, ValueError) as e:  # ValueError: a non-numeric cell in the reference
-        print(f"vtab.report: error: {e}", file=sys.stderr)
+    except GLoRAError as e:  # ReportError, or a data problem naming its file
+        print(f"vtab.report: error: {one_line(e)}", file=sys.stderr)
         return 2
     for path, why in rep.errors:
         print(f"vtab.report: warning: skipped {path}: {why}", file=sys.stderr)

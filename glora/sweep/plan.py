@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from glora.errors import ConfigError
 from vtab.tasks import DataError, select_tasks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +47,7 @@ OWNED = {"dataset": "tasks", "save_path": "runs", "load_path": "the job graph", 
 Flags = dict[str, "str | bool"]  # canonical option string -> value (True: a bare flag)
 
 
-class PlanError(ValueError):
+class PlanError(ConfigError):
     """A wrong plan: unknown key, task, method, protocol or flag (one line)."""
 
 

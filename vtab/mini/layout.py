@@ -17,7 +17,7 @@ from PIL import Image
 
 from glora.progress import progress as progress_bar
 
-from ..tasks import MINI_TASKS
+from ..tasks import MINI_TASKS, DataError
 from . import generate
 
 LIST_FILES = ("train800", "val200", "train800val200", "test")
@@ -35,7 +35,7 @@ def task_splits(task: str, sizes: Sequence[int] = SPLIT_SIZES, seed: int | None 
                 progress: bool = False) -> Splits:
     """Images uint8 (N, 32, 32, 3) and labels of a task's train800 / val200 / test splits."""
     if task not in MINI_TASKS:
-        raise ValueError(f"unknown mini task {task!r}; expected one of {', '.join(MINI_TASKS)}")
+        raise DataError(f"unknown mini task {task!r}; expected one of {', '.join(MINI_TASKS)}")
     seed = SEEDS[task] if seed is None else seed
     n_train, n_val, n_test = sizes
     if task == "mini_digits":
