@@ -26,9 +26,10 @@ from glora.config import (add_common_args, config_dict, differing_settings, give
 from glora.engine import evaluate
 from glora.errors import one_line_errors
 from glora.model import autocast_dtype, resolve_device
-from glora.search import check_budget
-from glora.searching import (ADOPTED, budget_limit, choose_fixed, eval_loader, export_and_test, load_model,
-                             make_results, refuse_unexportable, run_search, write_json)
+from glora.checks import check_search
+from glora.outputs import OutputFolder
+from glora.searching import (ADOPTED, budget_limit, eval_loader, export_and_test, make_results, prepare,
+                             resume_state, run_search, write_json)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crossover-num", type=int, default=25)
     parser.add_argument("--mutation-num", type=int, default=25)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="use a checkpoint whose training stopped before its --epochs (warns); "
+                             "without it such a checkpoint is refused")
     parser.add_argument("--plain-tries", type=int, default=10,
                         help="uniform draws before a random candidate is repaired toward the budget "
                              "(a huge value approximates the original's unbounded rejection sampling)")
@@ -79,52 +83,63 @@ def completed(args: argparse.Namespace, given: set[str] | None = None) -> str | 
     return f"already finished: {path} (test acc1 {record.get('test_acc1')})"
 
 
+# What marks a folder as holding a search or export; --overwrite deletes these and the extras.
+OUTPUTS = ("results.json", "search_state.json", "subnet.yaml")
+EXTRAS = ("history.jsonl", "merged", "args.yaml")
+
+
 def main(args: argparse.Namespace, given: set[str] | None = None) -> None:
     """``given``: the options set explicitly (default: those that differ from the parser's defaults)."""
     given = explicit_keys(args) if given is None else given
+    check_search(args, get_args_parser())  # every flag in its range, before anything is read
     out = Path(args.save_path)
-    if args.resume == "auto":  # finished: nothing to do; a search state: continue it; none: start
+    auto = args.resume == "auto"
+    if auto:  # finished: nothing to do; a search state: continue it; none: start
         finished = completed(args, given)
         if finished:
             print(finished)
             return
         args.resume = (out / "search_state.json").is_file()
+    folder = OutputFolder(out, OUTPUTS, EXTRAS)
+    folder.check(args.resume or auto, args.overwrite)  # writes nothing: a refused run leaves no trace
+    seen = folder.held_outputs()
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    task, ckpt, model = load_model(args, device, given)
-    write_yaml(out / "args.yaml", config_dict(args))  # the resolved settings, checkpoint's included
-    names = [n for n, _ in glora.glora_layers(model)]
-    subnet, method = choose_fixed(args, ckpt, names)
-    searching = subnet is None and ckpt["mode"] == "supernet"
-    if searching:  # fail in seconds on an impossible budget or an unexportable layer, before any data is read
-        check_budget(args.rank, glora.layer_shapes(model), round(args.min_param_limits * 1e6),
-                     round(args.param_limits * 1e6))
-        refuse_unexportable(model)
+    job = prepare(args, device, given)  # checkpoint, model, budget: all checked before data is read
+    state = resume_state(out / "search_state.json", job.supernet) if args.resume and job.searching else None
+    with folder.acquire(args.overwrite, seen):
+        write_yaml(out / "args.yaml", config_dict(args))  # the resolved settings, checkpoint's included
+        results = search_and_export(args, job, device, out, state)
+    print(f"{job.task.name}: {job.method} with {results['params'] / 1e6:.4f}M params: {results['selection_split']} "
+          f"acc1 {results['search_acc1']:.2f}, test acc1 {results['test_acc1']:.2f} -> {out}")
+
+
+def search_and_export(args: argparse.Namespace, job, device: torch.device, out: Path, state) -> dict:
+    """Read the splits, search (or take the fixed subnet), export, test; write results.json."""
     splits = vtab.PROTOCOLS[args.protocol]
     # Under the paper protocol the search split is the test split: load it once.
-    loaders = {split: eval_loader(args, task, split, device) for split in {splits["search"], splits["test"]}}
+    loaders = {split: eval_loader(args, job.task, split, device) for split in {splits["search"], splits["test"]}}
     search_loader, test_loader = loaders[splits["search"]], loaders[splits["test"]]
-    start = time.time()
-    if searching:
-        subnet, info = run_search(args, model, search_loader, device, out)
+    model, subnet, start = job.model, job.subnet, time.time()
+    if job.searching:
+        subnet, info = run_search(args, model, search_loader, device, out, state, job.supernet)
     params = glora.count_params(model, subnet) if subnet is not None else sum(
         p.numel() for n, p in model.named_parameters() if not n.startswith("head."))
     if subnet is not None:
         glora.set_subnet(model, subnet)
-        write_yaml(out / "subnet.yaml", subnet_document(names, subnet, args.rank, params, dataset=task.name,
-                                                        method=method, protocol=args.protocol,
-                                                        param_limit_M=budget_limit(args, ckpt, searching)))
-    if not searching:  # a fixed subnet or a fully fine-tuned model: only its search-split score
+        write_yaml(out / "subnet.yaml", subnet_document(
+            job.names, subnet, args.rank, params, dataset=job.task.name, method=job.method,
+            protocol=args.protocol, param_limit_M=budget_limit(args, job.ckpt, job.searching)))
+    if not job.searching:  # a fixed subnet or a fully fine-tuned model: only its search-split score
         info = {"search_acc1": evaluate(model, search_loader, device, autocast_dtype(args.precision, device))["acc1"]}
     timer = {"search": time.time() - start}
     start = time.time()
-    tested = export_and_test(args, task, model, test_loader, device, out)
+    tested = export_and_test(args, job.task, model, test_loader, device, out)
     timer["test_and_export"] = time.time() - start
-    results = make_results(args, task, ckpt, method, params, splits, info, tested, timer, model, searching)
+    results = make_results(args, job.task, job.ckpt, job.method, params, splits, info, tested, timer, model,
+                           job.searching, job.supernet)
     write_json(out / "results.json", results)
-    print(f"{task.name}: {method} with {params / 1e6:.4f}M params: {splits['search']} acc1 "
-          f"{results['search_acc1']:.2f}, test acc1 {results['test_acc1']:.2f} -> {out}")
+    return results
 
 
 def cli(argv: list[str] | None = None) -> None:
@@ -135,8 +150,12 @@ def cli(argv: list[str] | None = None) -> None:
         with one_line_errors(), sigterm_as_interrupt():
             main(args, given_keys(parser, argv))
     except KeyboardInterrupt:
-        raise SystemExit(f"interrupted; the search state of the last finished generation is in "
-                         f"{Path(args.save_path) / 'search_state.json'}; continue with --resume") from None
+        state = Path(args.save_path) / "search_state.json"
+        if state.is_file():
+            raise SystemExit(f"interrupted; the search state of the last finished generation is in {state}; "
+                             "continue with --resume") from None
+        raise SystemExit("interrupted before a search state was written (there is no "
+                         f"{state}); run the same command again to start over") from None
 
 
 if __name__ == "__main__":

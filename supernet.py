@@ -9,6 +9,7 @@ SAVE_DIR/<dataset>_args.yaml (the resolved config) and SAVE_DIR/<dataset>_log.js
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -17,13 +18,16 @@ import torch
 
 import vtab
 from glora.checkpoint import CheckpointError, load_checkpoint
+from glora.checks import SUPERNET_RANGES, check_batch_size, check_common, check_ranges
 from glora.config import (add_common_args, config_dict, differing_settings, parse_args,
                           sigterm_as_interrupt, write_yaml)
 from glora.distributed import close, init_world
 from glora.engine import NonFiniteLossError
 from glora.errors import one_line_errors
 from glora.model import resolve_device
-from glora.training import Run, fit, load_data, trim_log
+from glora.outputs import OutputFolder
+from glora.training import Run, describe, fit, load_data, trim_log
+from vtab.dataset import count_listed
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -77,13 +81,26 @@ def completed(args: argparse.Namespace) -> str | None:
     return f"already finished: {path} ({args.epochs} epochs)"
 
 
+def output_folder(args: argparse.Namespace) -> OutputFolder:
+    """--save_path as this run owns it: the checkpoint marks a run; log and config go with it."""
+    name = vtab.resolve_task(args.dataset).name
+    return OutputFolder(args.save_path, [f"{name}.pt"], [f"{name}_log.jsonl", f"{name}_args.yaml"],
+                        lock_name=f".{name}.lock")
+
+
 def main(args: argparse.Namespace) -> None:
+    check_args(args)  # every flag in its range, before anything is built or read
     if args.resume == "auto":  # finished: nothing to do; a state: continue it; none: start fresh
         finished = completed(args)
         if finished:
             print(finished)
             return
         args.resume = checkpoint_path(args).is_file()
+    if args.resume and not checkpoint_path(args).is_file():
+        raise CheckpointError(f"--resume: checkpoint not found: {checkpoint_path(args)}")
+    folder = output_folder(args)
+    folder.check(args.resume, args.overwrite)  # writes nothing: a refused run leaves no trace
+    seen = folder.held_outputs()
     device = resolve_device(args.device)
     world = init_world("nccl" if device.type == "cuda" else "gloo")  # one rank outside torchrun
     if world.size > 1 and device.type == "cuda":
@@ -91,32 +108,35 @@ def main(args: argparse.Namespace) -> None:
         torch.cuda.set_device(device)
     say = print if world.main else (lambda *a, **k: None)  # only rank 0 prints and writes
     torch.manual_seed(args.seed)  # the same on every rank: the same head init and choice sampler
-    run = Run(args, device, world)
-    train_loader, val_loader = load_data(args, run, device)
-    out = Path(args.save_path)
-    if world.main:
-        out.mkdir(parents=True, exist_ok=True)
-    if args.resume:
-        run.restore()
-        say(f"resumed {run.ckpt_path} at epoch {run.epoch}")
-    if world.main:
-        trim_log(run.log_path, run.epoch)  # a fresh run (epoch 0) starts a fresh log
-        write_yaml(out / f"{run.task.name}_args.yaml", config_dict(args))
-    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-    say(f"{run.mode} on {run.task.name} ({run.splits['train']}: {len(train_loader.split)} images), "
-        f"{len(run.layer_names)} GLoRA layers, {trainable:,} trainable parameters "
-        f"(all supernet storage + head), device {device}"
-        + (f", {world.size} ranks of {args.batch_size // world.size} images per step" if world.size > 1 else ""))
-    start = time.time()
-    try:
-        with sigterm_as_interrupt():  # pre-emption saves like Ctrl-C
-            fit(run, train_loader, val_loader)
-    except NonFiniteLossError as err:
-        kept = f"kept the last good checkpoint {run.ckpt_path}" if run.ckpt_path.exists() else "no checkpoint was written"
-        raise SystemExit(f"error: {err}; stopped, {kept}") from None
-    finally:
-        close(world)
+    run = Run(args, device, world)  # model, weights, targets, rank and input size checked
+    check_batch_size(args.batch_size, count_listed(args.data_path, run.task, run.splits["train"]),
+                     f"{run.task.name}/{run.splits['train']}", world.size)
+    with folder.acquire(args.overwrite, seen) if world.main else contextlib.nullcontext():
+        if args.resume:
+            run.restore()  # refuses a checkpoint trained with other settings
+            say(f"resumed {run.ckpt_path} at epoch {run.epoch}")
+        if world.main:
+            trim_log(run.log_path, run.epoch)  # a fresh run (epoch 0) starts a fresh log
+            write_yaml(Path(args.save_path) / f"{run.task.name}_args.yaml", config_dict(args))
+        train_loader, val_loader = load_data(args, run, device)
+        say(describe(run, len(train_loader.split)))
+        start = time.time()
+        try:
+            with sigterm_as_interrupt():  # pre-emption saves like Ctrl-C
+                fit(run, train_loader, val_loader)
+        except NonFiniteLossError as err:
+            kept = f"kept the last good checkpoint {run.ckpt_path}" if run.ckpt_path.exists() else "no checkpoint was written"
+            raise SystemExit(f"error: {err}; stopped, {kept}") from None
+        finally:
+            close(world)
     say(f"done: {args.epochs} epochs in {time.time() - start:.1f}s -> {run.ckpt_path}")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The flags' ranges (one line each, naming the valid range)."""
+    parser = get_args_parser()
+    check_common(args, parser)
+    check_ranges(args, parser, SUPERNET_RANGES)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -5,33 +5,68 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
+from torch import nn
 from tqdm import tqdm
 
 import glora
 import vtab
 from glora.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_subnet,
-                              subnet_origin, versions)
+                              state_digest, subnet_origin, versions)
 from glora.config import config_dict
 from glora.engine import evaluate
 from glora.errors import TargetError
 from glora.merge import CandidateModel, export_timm_folder
 from glora.model import autocast_dtype, build_model
-from glora.search import EvolutionSearch
+from glora.files import atomic_write
+from glora.probe import forward_once
+from glora.search import EvolutionSearch, check_budget
 from glora.timm_bias import unexportable_bias_free
+
+
+@dataclass
+class Job:
+    """What one evolution.py call works on, checked before any data is read."""
+    task: vtab.TaskInfo
+    ckpt: dict
+    ckpt_path: Path
+    model: nn.Module
+    names: list[str]
+    subnet: list | None   # the fixed subnet to export, or None (a search, or full fine-tuning)
+    method: str
+    searching: bool
+    supernet: dict        # what was loaded: path, epoch, content hash of its trained tensors
+
+
+def prepare(args: argparse.Namespace, device: torch.device, given: set[str]) -> Job:
+    """Load the checkpoint and model, decide between search and export, and check everything that
+    can fail (settings, partial training, input size, budget, exportability) before data is read."""
+    task, ckpt, ckpt_path, model = load_model(args, device, given)
+    names = [n for n, _ in glora.glora_layers(model)]
+    subnet, method = choose_fixed(args, ckpt, names)
+    searching = subnet is None and ckpt["mode"] == "supernet"
+    if searching:  # fail in seconds on an impossible budget or an unexportable layer
+        check_budget(args.rank, glora.layer_shapes(model), round(args.min_param_limits * 1e6),
+                     round(args.param_limits * 1e6))
+        refuse_unexportable(model)
+    record = {"checkpoint": str(ckpt_path), "epoch": ckpt["epoch"], "sha256": state_digest(ckpt["state_dict"])}
+    return Job(task, ckpt, ckpt_path, model, names, subnet, method, searching, record)
 
 
 def load_model(args: argparse.Namespace, device: torch.device, given: set[str]):
     """The backbone with the supernet's trained tensors; settings come from the checkpoint."""
     task = vtab.resolve_task(args.dataset)
     ckpt_path = Path(args.load_path) / f"{task.name}.pt"
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)  # refuses a malformed or non-finite checkpoint
     adopt_recorded(args, ckpt, ckpt_path, given)
     check_compatible(ckpt, {"dataset": task.name}, ckpt_path)
+    check_finished(ckpt, ckpt_path, args.allow_partial)
     model = build_model(args.model, task.num_classes, args.pretrained, args.model_kwargs, drop_path_rate=0.0)
+    forward_once(model, torch.zeros(1, args.model_kwargs.get("in_chans", 3), args.input_size, args.input_size))
     if ckpt["mode"] != "full":
         names = glora.inject_glora(model, args.rank, targets=args.targets)
         recorded = ckpt.get("layer_names")
@@ -40,7 +75,19 @@ def load_model(args: argparse.Namespace, device: torch.device, given: set[str]):
                                   f"targets {args.targets!r} give {len(names)} here ({names[0]} …)")
     glora.load_trained_state(model, ckpt["state_dict"], full=ckpt["mode"] == "full")
     print(f"loaded {ckpt_path} ({ckpt['mode']}, epoch {ckpt['epoch']})")
-    return task, ckpt, model.to(device).eval()
+    return task, ckpt, ckpt_path, model.to(device).eval()
+
+
+def check_finished(ckpt: dict, path: Path, allow_partial: bool) -> None:
+    """Refuse a checkpoint whose training stopped before its configured epochs (a search on it
+    would report a supernet that was never finished), unless ``--allow-partial``, which warns."""
+    epoch, planned = ckpt.get("epoch"), ckpt.get("config", {}).get("epochs")
+    if not isinstance(epoch, int) or not isinstance(planned, int) or epoch >= planned:
+        return  # finished, or an original-code checkpoint that records neither
+    if not allow_partial:
+        raise CheckpointError(f"{path} is unfinished (epoch {epoch} of {planned}); finish it with "
+                              "supernet.py --resume, or pass --allow-partial to use it as it is")
+    print(f"warning: {path} is unfinished (epoch {epoch} of {planned}); using it anyway (--allow-partial)")
 
 
 # Settings a checkpoint records and this step takes from it, unless a flag given explicitly says otherwise.
@@ -104,8 +151,34 @@ def choose_fixed(args, ckpt, layer_names) -> tuple[list | None, str]:
     return None, "glora"
 
 
-def run_search(args, model, search_loader, device, out: Path) -> tuple[list, dict]:
-    """Resumable evolutionary search; state and history are rewritten atomically every generation."""
+def resume_state(path: Path, supernet: dict) -> dict:
+    """The search state to continue; refused if unreadable or saved on another supernet."""
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"--resume: no search state at {path}") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read the search state {path} ({type(err).__name__}); start afresh "
+                              "with --overwrite") from None
+    searched = state.get("supernet") if isinstance(state, dict) else None
+    if isinstance(searched, dict) and searched.get("sha256") != supernet["sha256"]:
+        raise CheckpointError(
+            f"{path} continues a search of another supernet (epoch {searched.get('epoch')}, sha256 "
+            f"{str(searched.get('sha256'))[:12]}…, {searched.get('checkpoint')}); {supernet['checkpoint']} now "
+            f"holds epoch {supernet['epoch']}, sha256 {supernet['sha256'][:12]}…; search it afresh with "
+            "--overwrite, or restore the supernet that was searched")
+    if not isinstance(searched, dict):
+        print(f"note: {path} does not record which supernet it searched (an older state); trusting it")
+    return state
+
+
+def run_search(args, model, search_loader, device, out: Path, state: dict | None,
+               supernet: dict) -> tuple[list, dict]:
+    """Resumable evolutionary search; state and history are rewritten atomically every generation.
+
+    ``state``: a search state to continue; ``supernet``: the record of the supernet searched,
+    kept in every state written so that a resume against another supernet is refused.
+    """
     amp = autocast_dtype(args.precision, device)
     candidate = CandidateModel(model)
     evaluate_fn = lambda subnet: evaluate(candidate.load(subnet), search_loader, device, amp)["acc1"]
@@ -117,15 +190,16 @@ def run_search(args, model, search_loader, device, out: Path) -> tuple[list, dic
                              min_params=round(args.min_param_limits * 1e6), seed=args.seed,
                              plain_tries=args.plain_tries)
     state_path = out / "search_state.json"
-    if args.resume:
-        if not state_path.is_file():
-            raise CheckpointError(f"--resume but no search state at {state_path}")
-        search.load_state_dict(json.loads(state_path.read_text()))
+    if state is not None:
+        try:
+            search.load_state_dict(state)
+        except CheckpointError as err:
+            raise CheckpointError(f"{state_path}: {err}") from None
         print(f"resumed the search at generation {search.generation}")
     bar = tqdm(total=args.max_epochs + 1, initial=search.generation, desc="search", disable=not args.progress)
 
     def on_generation(state: dict, info: dict) -> None:
-        write_json(state_path, state)
+        write_json(state_path, {**state, "supernet": supernet})
         write_lines(out / "history.jsonl", state["evaluated"])
         bar.update(1)
         bar.set_postfix(best=f"{info['best_fitness']:.2f}", params=f"{info['best_params'] / 1e6:.3f}M")
@@ -173,7 +247,8 @@ def budget_limit(args, ckpt, searching: bool) -> float | None:
     return ckpt.get("param_limit_M")
 
 
-def make_results(args, task, ckpt, method, params, splits, info, tested, timer, model, searching) -> dict:
+def make_results(args, task, ckpt, method, params, splits, info, tested, timer, model, searching,
+                 supernet: dict) -> dict:
     """The results.json record (format in notes/INTERFACES.md)."""
     stats = info.pop("stats", {})
     draws = stats.get("plain_draws", 0)
@@ -192,7 +267,7 @@ def make_results(args, task, ckpt, method, params, splits, info, tested, timer, 
             "param_limit_M": budget_limit(args, ckpt, searching),
             "min_param_limit_M": args.min_param_limits if searching else None,
             "rank": args.rank, "seed": args.seed, "supernet_seed": ckpt["config"].get("seed"),
-            "supernet_epochs": ckpt["epoch"], "model": args.model, "model_kwargs": dict(args.model_kwargs),
+            "supernet_epochs": ckpt["epoch"], "supernet_sha256": supernet["sha256"], "model": args.model, "model_kwargs": dict(args.model_kwargs),
             "search": {**info, "stats": stats,
                        "plain_draw_acceptance": stats.get("plain_accepted", 0) / draws if draws else None},
             "versions": versions(), "wall_time_s": timer, "config": config_dict(args),
@@ -200,12 +275,10 @@ def make_results(args, task, ckpt, method, params, splits, info, tested, timer, 
 
 
 def write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    """``data`` as indented JSON, written atomically."""
+    atomic_write(path, json.dumps(data, indent=1))
 
 
 def write_lines(path: Path, records) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
+    """One JSON record per line, written atomically."""
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))

@@ -15,17 +15,20 @@ import glora
 import vtab
 from glora.checkpoint import (CheckpointError, atomic_torch_save, check_compatible, load_checkpoint,
                               load_subnet, subnet_origin, versions)
-from glora.config import config_dict
+from glora.config import RUN_ONLY_KEYS, config_dict, differing_settings
 from glora.distributed import World, average_gradients, epoch_seed, mean_over_ranks
 from glora.engine import evaluate, evaluate_subnets, train_one_epoch, zero_fill_stepped_grads
 from glora.model import autocast_dtype, build_model
-from glora.probe import check_targets_called
+from glora.checks import check_rank
+from glora.files import atomic_write
+from glora.probe import check_targets_called, forward_once
 from glora.space import sample_choice
 from glora.timm_bias import unexportable_bias_free
 
 
-# A resumed run must keep these: timm's scheduler restores its own length and warm-up.
-SCHEDULE_KEYS = ("epochs", "warmup_epochs", "warmup_lr", "min_lr", "lr")
+# Settings a resumed run may change: where files are (a moved data tree or weights file, the
+# dataset's alias) and how the run reports; everything else changes the result and must match.
+RESUME_FREE_KEYS = RUN_ONLY_KEYS | {"data_path", "pretrained", "save_path", "init_from", "dataset"}
 
 
 class Run:
@@ -44,11 +47,13 @@ class Run:
                                  args.model_kwargs, args.drop_path)
         self.layer_names: list[str] = []
         self.sampler = self.subnet = self.targets = None
+        probe = torch.zeros(1, args.model_kwargs.get("in_chans", 3), args.input_size, args.input_size)
         if self.mode != "full":
             self.targets = args.targets or glora.DEFAULT_TARGETS
-            probe = torch.zeros(1, args.model_kwargs.get("in_chans", 3), args.input_size, args.input_size)
             self.layer_names = inject_targets(self.model, self.targets, args.rank, probe)
             glora.mark_trainable(self.model)
+        else:
+            forward_once(self.model, probe)  # --input-size must fit the model
         self.origin = {"method": "full_finetune" if self.mode == "full" else "glora", "param_limit_M": None}
         if self.mode == "subnet":
             self.subnet = load_subnet(args.subnet, self.layer_names, args.rank)
@@ -100,10 +105,12 @@ class Run:
         check_compatible(ckpt, {"model": a.model, "model_kwargs": dict(a.model_kwargs), "rank": a.rank,
                                 "targets": self.targets, "protocol": a.protocol, "dataset": self.task.name,
                                 "mode": self.mode, "init": self.init["init"]}, self.ckpt_path)
-        schedule = {k: ckpt["config"].get(k) for k in SCHEDULE_KEYS}
-        if schedule != {k: getattr(a, k) for k in SCHEDULE_KEYS}:
-            raise CheckpointError(f"{self.ckpt_path} was trained with {schedule}; resume with the same "
-                                  "schedule (the restored scheduler keeps its own length)")
+        # Every setting that changes the result must be the one the checkpoint was trained with:
+        # otherwise the run would record values it did not use (the optimizer keeps its own wd).
+        diffs = differing_settings(ckpt["config"], config_dict(a), ignore=RESUME_FREE_KEYS)
+        if diffs:
+            raise CheckpointError(f"{self.ckpt_path} was trained with other settings ({'; '.join(diffs)}); "
+                                  "resume with the recorded values, or start afresh with --overwrite")
         glora.load_trained_state(self.model, ckpt["state_dict"], full=self.mode == "full")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if a.unused_supports == "update":
@@ -122,8 +129,9 @@ class Run:
 
 
 def inject_targets(model, targets: str, rank: int, probe: torch.Tensor) -> list[str]:
-    """GLoRA into the linears ``targets`` matches, once a forward pass on ``probe`` shows they are called."""
-    check_targets_called(model, targets, probe)
+    """GLoRA into the linears ``targets`` matches, once a forward pass on ``probe`` shows they are
+    called and ``rank`` fits them (checked before any support is allocated)."""
+    check_rank(model, check_targets_called(model, targets, probe), rank)
     names = glora.inject_glora(model, rank, targets=targets)
     unexportable = unexportable_bias_free(model)
     if unexportable:  # evolution.py refuses to search these; say so before hours of training
@@ -155,6 +163,16 @@ def init_from_supernet(run: Run, spec: str) -> dict:
     glora.load_trained_state(run.model, ckpt["state_dict"])
     return {"init": "inherited", "init_from": str(path), "init_epoch": ckpt.get("epoch"),
             "init_protocol": source}
+
+
+def describe(run: Run, train_images: int) -> str:
+    """The line a run starts with: mode, task, split size, layers, trainable parameters, device."""
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    world, batch = run.world, run.args.batch_size
+    return (f"{run.mode} on {run.task.name} ({run.splits['train']}: {train_images} images), "
+            f"{len(run.layer_names)} GLoRA layers, {trainable:,} trainable parameters "
+            f"(all supernet storage + head), device {run.device}"
+            + (f", {world.size} ranks of {batch // world.size} images per step" if world.size > 1 else ""))
 
 
 def load_data(args: argparse.Namespace, run: Run, device: torch.device):
@@ -221,7 +239,26 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def trim_log(path: Path, epoch: int) -> None:
-    """Drop log lines past a resumed checkpoint's epoch, so the log matches the resumed run."""
-    if path.is_file():
-        lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["epoch"] <= epoch]
-        path.write_text("".join(l + "\n" for l in lines))
+    """Keep the log lines up to a resumed checkpoint's epoch (none for a fresh run), so the log
+    matches the run. A last line cut off by a kill is dropped with a note; any other line that is
+    not a record stops the resume, naming the file and line."""
+    kept = []
+    lines = path.read_bytes().decode("utf-8", "replace").splitlines() if epoch and path.is_file() else []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            logged = record.get("epoch") if isinstance(record, dict) else None
+            if not isinstance(logged, int):
+                raise ValueError("no epoch")
+        except ValueError:
+            if number == len(lines):
+                print(f"note: {path}:{number}: dropped an incomplete last line (the run was stopped while "
+                      "writing it)")
+                break
+            raise CheckpointError(f"{path}:{number}: not a log record ({line[:40]!r}); mend or delete that "
+                                  "line, or start afresh with --overwrite") from None
+        if logged <= epoch:
+            kept.append(line)
+    atomic_write(path, "".join(line + "\n" for line in kept))

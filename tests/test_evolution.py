@@ -158,7 +158,7 @@ def test_original_code_checkpoint_is_converted_and_searched(trained, tmp_path):
     assert converted["test_acc1"] == reference["test_acc1"] and converted["params"] == reference["params"]
     with pytest.raises(SystemExit, match="rank: checkpoint has 4, flags give 3"):
         evolution.cli(["--config", str(trained / "model.yaml"), "--dataset", "eurosat", "--load_path",
-                       str(tmp_path / "orig"), "--save_path", str(res_dir), "--rank", "3"])
+                       str(tmp_path / "orig"), "--save_path", str(tmp_path / "out3"), "--rank", "3"])
 
 
 def test_full_finetune_baseline_is_evaluated_and_exported(trained):

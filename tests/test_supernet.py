@@ -103,7 +103,7 @@ def test_resume_with_different_rank_or_protocol_is_refused(setup):
 
 def test_resume_with_a_different_schedule_is_refused(setup):
     run(setup, "out", "--epochs", "2")
-    with pytest.raises(SystemExit, match=r"resume with the same schedule"):
+    with pytest.raises(SystemExit, match=r"was trained with other settings \(epochs: 2 -> 6\); resume with"):
         run(setup, "out", "--resume", "--epochs", "6")
 
 

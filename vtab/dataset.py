@@ -101,6 +101,11 @@ def list_file(data_path: "str | os.PathLike", task: "str | TaskInfo", split: str
     return path
 
 
+def count_listed(data_path: "str | os.PathLike", task: "str | TaskInfo", split: str) -> int:
+    """How many samples a split's list file names (its non-blank lines), without decoding any."""
+    return sum(1 for line in list_file(data_path, task, split).read_bytes().splitlines() if line.strip())
+
+
 def _decode_text(data: bytes, source: "str | os.PathLike") -> str:
     try:
         return data.decode("utf-8")
