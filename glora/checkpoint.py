@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from glora.errors import CheckpointError
+from glora.files import atomic_write
 from glora.space import PRESETS, preset_subnet, validate_choice
 
 FORMAT_VERSION = 1
@@ -24,15 +25,9 @@ def versions() -> dict[str, str]:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` through ``glora.files.atomic_write``: the previous file stays whole on any
+    failure, and a full disk or read-only folder is an ``OutputError``."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from glora.files import atomic_write
+
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags both steps share (names fixed by DESIGN.md §4; defaults are the original code's)."""
@@ -170,12 +172,8 @@ def _plain(value: Any) -> Any:
 
 
 def write_yaml(path: str | os.PathLike, data: Any) -> None:
-    """Write YAML atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+    """Write YAML atomically (``glora.files.atomic_write``)."""
+    atomic_write(path, yaml.safe_dump(data, sort_keys=False))
 
 
 @contextlib.contextmanager

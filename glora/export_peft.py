@@ -15,7 +15,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -24,10 +23,11 @@ import torch
 from torch import nn
 
 from glora.errors import one_line_errors
+from glora.files import atomic_folder
 from glora.inject import current_subnet, glora_layers, set_subnet
 from glora.layer import is_trainable_name
 from glora.merge import merge_glora
-from glora.peft_map import AdapterPlan, PeftExportError, encode_layer, plan_adapters
+from glora.peft_map import AdapterPlan, encode_layer, plan_adapters
 from glora.space import SUPPORTS
 
 MANIFEST = "glora_adapters.json"
@@ -85,17 +85,13 @@ def export_peft(model: nn.Module, folder: str | os.PathLike,
     anything is written. Written to a temporary folder first, then renamed into place.
     """
     peft_model, plans = to_peft_model(model, modules_to_save)
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(str(tmp), selected_adapters=[plan.name for plan in plans])
     subnet = current_subnet(model)
     manifest = {"format": FORMAT, "adapters": [plan.name for plan in plans],
                 "plans": [{"name": p.name, **p.config_kwargs(), "layers": p.layers} for p in plans],
                 "choices": {name: choice for (name, _), choice in zip(glora_layers(model), subnet)}}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        peft_model.save_pretrained(str(tmp), selected_adapters=[plan.name for plan in plans])
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return plans
 
 

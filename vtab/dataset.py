@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,8 @@ from typing import Iterator, Sequence
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from glora.errors import ConfigError
+from glora.errors import ConfigError, GLoRAError
+from glora.files import atomic_write
 from glora.progress import progress as progress_bar
 
 from .images import (INTERPOLATIONS, decode_image, open_rgb, pil_pipeline,  # noqa: F401
@@ -217,19 +217,10 @@ def _read_cache(path: Path, key: str, shape: tuple[int, ...]) -> "torch.Tensor |
 
 
 def _write_cache(path: Path, key: str, images: torch.Tensor) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Temporary file in the same folder, then os.replace: readers never see a partial file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"key": key, "version": _CACHE_VERSION, "crc32": _checksum(images),
-                        "images": images}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    except (OSError, RuntimeError) as error:  # e.g. a read-only tree or a full disk: not cached
+    blob = {"key": key, "version": _CACHE_VERSION, "crc32": _checksum(images), "images": images}
+    try:  # a unique temporary name: two runs may decode the same split at once
+        atomic_write(path, lambda handle: torch.save(blob, handle), unique=True)
+    except GLoRAError as error:  # e.g. a read-only tree or a full disk: not cached
         warnings.warn(f"could not write cache {path}: {error}; pass cache_dir= to cache elsewhere")
         return
     # The same split at the same size/interpolation under an older list is now stale.

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from glora.files import atomic_write
 from glora.progress import progress as progress_bar
 
 from ..tasks import MINI_TASKS, DataError
@@ -48,12 +49,6 @@ def task_splits(task: str, sizes: Sequence[int] = SPLIT_SIZES, seed: int | None 
                 for index, (name, n) in enumerate(zip(("train800", "val200", "test"), sizes))}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # a list file exists only when complete: the 'built' marker
-
-
 def write_noah(folder: "str | os.PathLike", splits: Splits, quality: int = JPEG_QUALITY,
                progress: bool = False) -> None:
     """Write images/ and the four list files of one task folder from in-memory splits."""
@@ -76,7 +71,8 @@ def write_noah(folder: "str | os.PathLike", splits: Splits, quality: int = JPEG_
                 bar.update(1)
     lines["train800val200"] = lines["train800"] + lines["val200"]
     for name in LIST_FILES:
-        _atomic_write_text(folder / f"{name}.txt", "".join(lines[name]))
+        # Atomic: a list file exists only when complete, so it doubles as the 'built' marker.
+        atomic_write(folder / f"{name}.txt", "".join(lines[name]))
 
 
 def is_built(folder: "str | os.PathLike") -> bool:
