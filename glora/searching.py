@@ -11,7 +11,6 @@ from pathlib import Path
 import timm
 import torch
 from torch import nn
-from tqdm import tqdm
 
 import glora
 import vtab
@@ -24,6 +23,7 @@ from glora.merge import CandidateModel, export_timm_folder
 from glora.model import autocast_dtype, build_model
 from glora.files import atomic_write
 from glora.probe import forward_once
+from glora.progress import progress as progress_bar
 from glora.search import EvolutionSearch, check_budget
 from glora.timm_bias import unexportable_bias_free
 
@@ -196,7 +196,8 @@ def run_search(args, model, search_loader, device, out: Path, state: dict | None
         except CheckpointError as err:
             raise CheckpointError(f"{state_path}: {err}") from None
         print(f"resumed the search at generation {search.generation}")
-    bar = tqdm(total=args.max_epochs + 1, initial=search.generation, desc="search", disable=not args.progress)
+    bar = progress_bar(desc="search", total=args.max_epochs + 1, enabled=args.progress, unit="generation")
+    bar.update(search.generation)  # generations a resumed search has done already
 
     def on_generation(state: dict, info: dict) -> None:
         write_json(state_path, {**state, "supernet": supernet})
