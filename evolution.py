@@ -88,6 +88,11 @@ OUTPUTS = ("results.json", "search_state.json", "subnet.yaml")
 EXTRAS = ("history.jsonl", "merged", "args.yaml")
 
 
+def output_folder(args: argparse.Namespace) -> OutputFolder:
+    """--save_path as this search owns it (results, state or subnet mark a run)."""
+    return OutputFolder(args.save_path, OUTPUTS, EXTRAS)
+
+
 def main(args: argparse.Namespace, given: set[str] | None = None) -> None:
     """``given``: the options set explicitly (default: those that differ from the parser's defaults)."""
     given = explicit_keys(args) if given is None else given
@@ -100,7 +105,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> None:
             print(finished)
             return
         args.resume = (out / "search_state.json").is_file()
-    folder = OutputFolder(out, OUTPUTS, EXTRAS)
+    folder = output_folder(args)
     folder.check(args.resume or auto, args.overwrite)  # writes nothing: a refused run leaves no trace
     seen = folder.held_outputs()
     device = resolve_device(args.device)

@@ -142,8 +142,14 @@ def check_args(args: argparse.Namespace) -> None:
 def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
     args = parse_args(get_args_parser(), argv)
-    with one_line_errors():
-        main(args)
+    try:
+        with one_line_errors(), sigterm_as_interrupt():
+            main(args)
+    except KeyboardInterrupt:  # outside the epoch loop (which saves and explains itself)
+        path = checkpoint_path(args)
+        if path.is_file():
+            raise SystemExit(f"interrupted; the last checkpoint is {path}; continue with --resume") from None
+        raise SystemExit("interrupted before a checkpoint was written; run the same command again") from None
 
 
 if __name__ == "__main__":

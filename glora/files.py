@@ -24,8 +24,9 @@ Data = Union[bytes, str, Callable[[IO[bytes]], None]]
 
 
 class _Tracked:
-    """A binary file that remembers the ``OSError`` of a failed write: ``torch.save`` turns that
-    into a ``RuntimeError`` with no trace of the cause (no space left, ...)."""
+    """A binary file that remembers what interrupted a write: ``torch.save`` turns an ``OSError``
+    (no space left, ...) and even a ``KeyboardInterrupt`` raised inside its writer into a
+    ``RuntimeError`` with no trace of the cause."""
 
     def __init__(self, handle: IO[bytes]):
         self.handle, self.error = handle, None
@@ -33,7 +34,7 @@ class _Tracked:
     def write(self, data) -> int:
         try:
             return self.handle.write(data)
-        except OSError as err:
+        except BaseException as err:  # OSError, or Ctrl-C / SIGTERM arriving mid-write
             self.error = err
             raise
 
@@ -58,7 +59,7 @@ def _os_cause(err: BaseException, tracked: "_Tracked | None" = None) -> "OSError
     """The operating-system error behind ``err``, if there is one."""
     if isinstance(err, OSError):
         return err
-    if tracked is not None and tracked.error is not None:
+    if tracked is not None and isinstance(tracked.error, OSError):
         return tracked.error
     # Rust-backed writers (safetensors) report an I/O error only in their message.
     found = re.search(r"\(os error (\d+)\)", str(err))
@@ -121,6 +122,8 @@ def atomic_write(path: "str | os.PathLike", data: Data, *, unique: bool = False)
         os.replace(tmp, path)
     except BaseException as err:
         _remove(tmp)
+        if isinstance(tracked.error, (KeyboardInterrupt, SystemExit)) and tracked.error is not err:
+            raise tracked.error from None  # the interrupt, not the RuntimeError torch made of it
         cause = _os_cause(err, tracked) if isinstance(err, Exception) else None
         if cause is None:
             raise

@@ -48,28 +48,29 @@ class OutputFolder:
         blocker = next((p for p in (self.path, *self.path.parents) if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise OutputError(f"{self.flag} {self.path}: {blocker} is a file, not a folder")
-        if self.lock_path.exists():
-            self._refuse_if_locked()
+        holder = self.holder()
+        if holder is not None:
+            raise self._busy(holder)
         held = self.held_outputs()
         if held and not (resume or overwrite):
             raise OutputError(f"{self.path} holds a run ({', '.join(held)}); continue it with --resume, "
                               f"replace it with --overwrite, or choose another {self.flag}")
 
-    def _refuse_if_locked(self) -> None:
+    def holder(self) -> "str | None":
+        """The pid (as written) of the run holding the folder's lock, or None if it is free."""
         try:
             fd = os.open(self.lock_path, os.O_RDONLY)
         except OSError:
-            return  # unreadable: acquire() will report the folder
+            return None  # no lock file (or unreadable: acquire() will report the folder)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
         except BlockingIOError:
-            raise self._busy(fd) from None
+            return _read_pid(fd)
         finally:
             os.close(fd)  # closing also drops a lock taken here
 
-    def _busy(self, fd: int) -> OutputError:
-        os.lseek(fd, 0, os.SEEK_SET)
-        holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+    def _busy(self, holder: str) -> OutputError:
         return OutputError(f"{self.path} is in use by another run (pid {holder}); wait for it to "
                            f"finish or choose another {self.flag}")
 
@@ -80,6 +81,9 @@ class OutputFolder:
         wrote between the check and the lock), refuse. ``overwrite`` deletes the outputs.
         """
         make_folder(self.path, self.flag)
+        if not os.access(self.path, os.W_OK):  # an existing lock file may be writable in a read-only folder
+            reason = "Read-only file system" if os.statvfs(self.path).f_flag & os.ST_RDONLY else "Permission denied"
+            raise OutputError(f"cannot write in {self.flag} {self.path}: {reason}")
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
@@ -87,7 +91,7 @@ class OutputFolder:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            error = self._busy(fd)
+            error = self._busy(_read_pid(fd))
             os.close(fd)
             raise error from None
         self._fd = fd
@@ -127,3 +131,8 @@ class OutputFolder:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _read_pid(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"

@@ -98,3 +98,31 @@ def test_rust_writer_disk_error_is_one_line(tmp_path):
             tmp.mkdir()
             raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
     assert os.listdir(tmp_path) == []
+
+
+def test_interrupt_inside_torch_save_stays_an_interrupt(tmp_path):
+    """Fails if Ctrl-C or SIGTERM arriving while torch.save writes (torch turns it into a
+    RuntimeError 'unexpected pos') escapes as that RuntimeError's traceback instead of reaching
+    the Ctrl-C path that saves the run's state."""
+    class Interrupting:
+        def __init__(self, handle):
+            self.handle, self.error, self.calls = handle, None, 0
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls == 3:
+                self.error = KeyboardInterrupt()
+                raise self.error
+            return self.handle.write(data)
+
+        def flush(self):
+            self.handle.flush()
+
+    import glora.files
+    real, glora.files._Tracked = glora.files._Tracked, Interrupting
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write(tmp_path / "x.pt", lambda handle: torch.save({"a": torch.zeros(1000)}, handle))
+    finally:
+        glora.files._Tracked = real
+    assert os.listdir(tmp_path) == []
