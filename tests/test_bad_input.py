@@ -241,3 +241,31 @@ def test_report_out_under_a_file_is_one_line(tmp_path, capsys):
     assert vtab.report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "afile" / "rep"), "--no-plot"]) == 2
     err = capsys.readouterr().err
     assert err == f"vtab.report: error: --out {tmp_path}/afile/rep: {tmp_path}/afile is a file, not a folder\n"
+
+
+class Payload:
+    """Pickles into a call of os.system: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_checkpoint_and_yaml_do_not_execute(root, no_data, tmp_path):
+    """Fails if a checkpoint that pickles a function call, or a YAML file with a Python tag, runs
+    code on load (torch.load without weights_only, yaml.load), or fails with a traceback."""
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil").mkdir()
+    torch.save({"state_dict": Payload(marker)}, tmp_path / "evil" / "eurosat.pt")
+    text = search(root, "never_evil", "--load_path", str(tmp_path / "evil"))
+    assert f"cannot read checkpoint {tmp_path / 'evil' / 'eurosat.pt'}: UnpicklingError" in text
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"epochs: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert f"{evil} is not valid YAML" in refused(supernet.cli, "--config", str(evil))
+    subnet = tmp_path / "subnet.yaml"
+    subnet.write_text(f"rank: 4\nlayers: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert f"{subnet} is not a subnet file" in train(root, "never", "--subnet", str(subnet))
+    assert not marker.exists()
