@@ -98,15 +98,16 @@ def main(args: argparse.Namespace) -> None:
         args.resume = checkpoint_path(args).is_file()
     if args.resume and not checkpoint_path(args).is_file():
         raise CheckpointError(f"--resume: checkpoint not found: {checkpoint_path(args)}")
-    folder = output_folder(args)
-    folder.check(args.resume, args.overwrite)  # writes nothing: a refused run leaves no trace
-    seen = folder.held_outputs()
     device = resolve_device(args.device)
     world = init_world("nccl" if device.type == "cuda" else "gloo")  # one rank outside torchrun
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     say = print if world.main else (lambda *a, **k: None)  # only rank 0 prints and writes
+    folder = output_folder(args)  # rank 0 owns it (torchrun stops the other ranks if it refuses)
+    if world.main:
+        folder.check(args.resume, args.overwrite)  # writes nothing: a refused run leaves no trace
+    seen = folder.held_outputs()
     torch.manual_seed(args.seed)  # the same on every rank: the same head init and choice sampler
     run = Run(args, device, world)  # model, weights, targets, rank and input size checked
     check_batch_size(args.batch_size, count_listed(args.data_path, run.task, run.splits["train"]),

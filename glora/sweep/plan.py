@@ -43,7 +43,8 @@ PLAN_KEYS = ("runs", *LIST_KEYS, *SECTIONS, "method_args")
 # Set by the sweep for every job: a plan must not set them.
 OWNED = {"dataset": "tasks", "save_path": "runs", "load_path": "the job graph", "protocol": "protocols",
          "seed": "seeds", "param_limits": "budgets", "subnet": "methods", "full_finetune": "methods",
-         "init_from": "methods", "resume": "the sweep (--resume auto)"}
+         "init_from": "methods", "resume": "the sweep (--resume auto)",
+         "overwrite": "the sweep, which passes --resume auto; delete a job's folder to redo it"}
 Flags = dict[str, "str | bool"]  # canonical option string -> value (True: a bare flag)
 
 
