@@ -26,9 +26,10 @@ from glora.space import sample_choice
 from glora.timm_bias import unexportable_bias_free
 
 
-# Settings a resumed run may change: where files are (a moved data tree or weights file, the
-# dataset's alias) and how the run reports; everything else changes the result and must match.
-RESUME_FREE_KEYS = RUN_ONLY_KEYS | {"data_path", "pretrained", "save_path", "init_from", "dataset"}
+# Settings a resumed run may change: where files are (a moved data tree, weights or subnet file,
+# the dataset's alias) and how the run reports; everything else changes the result and must match.
+# The subnet itself (not its file name) is compared, as is the init (not the supernet's path).
+RESUME_FREE_KEYS = RUN_ONLY_KEYS | {"data_path", "pretrained", "save_path", "init_from", "dataset", "subnet"}
 
 
 class Run:
@@ -108,6 +109,8 @@ class Run:
         # Every setting that changes the result must be the one the checkpoint was trained with:
         # otherwise the run would record values it did not use (the optimizer keeps its own wd).
         diffs = differing_settings(ckpt["config"], config_dict(a), ignore=RESUME_FREE_KEYS)
+        if self.mode == "subnet" and ckpt.get("subnet") != self.subnet:
+            diffs.append(f"subnet: the checkpoint's layer choices differ from those of {a.subnet}")
         if diffs:
             raise CheckpointError(f"{self.ckpt_path} was trained with other settings ({'; '.join(diffs)}); "
                                   "resume with the recorded values, or start afresh with --overwrite")

@@ -269,3 +269,19 @@ def test_malicious_checkpoint_and_yaml_do_not_execute(root, no_data, tmp_path):
     subnet.write_text(f"rank: 4\nlayers: !!python/object/apply:os.system ['touch {marker}']\n")
     assert f"{subnet} is not a subnet file" in train(root, "never", "--subnet", str(subnet))
     assert not marker.exists()
+
+
+def test_interrupt_before_the_first_checkpoint_is_one_line(root, monkeypatch):
+    """Fails if Ctrl-C or SIGTERM while the data loads (outside the epoch loop) gives a traceback,
+    or names a checkpoint to resume that was never written."""
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(supernet, "load_data", stop)
+    with pytest.raises(SystemExit) as err:
+        supernet.cli(["--config", str(root / "tiny.yaml"), "--dataset", "eurosat", "--save_path",
+                      str(root / "early_sup"), "--epochs", "2"])
+    assert err.value.code == "interrupted before a checkpoint was written; run the same command again"
+    with pytest.raises(SystemExit) as err:
+        supernet.cli(["--config", str(root / "tiny.yaml"), "--dataset", "eurosat", "--save_path",
+                      str(root / "sup"), "--epochs", "2", "--lr", "1e-2", "--resume"])
+    assert err.value.code == f"interrupted; the last checkpoint is {root / 'sup' / 'eurosat.pt'}; continue with --resume"

@@ -156,3 +156,20 @@ def test_search_state_records_the_supernet_and_refuses_another(root):
     assert f"{root / 'search' / 'search_state.json'} continues a search of another supernet (epoch 3, sha256 " \
            f"{state['supernet']['sha256'][:12]}…" in message and "now holds epoch 4" in message
     assert snapshot(root / "search") == before
+
+
+def test_fixed_subnet_resume_compares_the_subnet_not_its_file_name(root, tmp_path):
+    """Fails if resuming a fixed-subnet run refuses a moved subnet file, or accepts another subnet."""
+    import yaml
+    layers = [f"blocks.{i}.{n}" for i in range(2) for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
+    choice = {"A": "vector", "B": "none", "C": "none", "D": "none", "E": "constant"}
+    first = tmp_path / "a.yaml"
+    first.write_text(yaml.safe_dump({"rank": 4, "layers": {n: choice for n in layers}}))
+    train(root, "fixed", "--subnet", str(first))
+    moved = tmp_path / "moved.yaml"
+    first.rename(moved)
+    train(root, "fixed", "--subnet", str(moved), "--resume")
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"rank": 4, "layers": {n: {**choice, "B": "vector"} for n in layers}}))
+    message = refused(train, root, "fixed", "--subnet", str(other), "--resume")
+    assert f"(subnet: the checkpoint's layer choices differ from those of {other})" in message
