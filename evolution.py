@@ -6,7 +6,9 @@
 Reads LOAD_DIR/<dataset>.pt; writes into SAVE_DIR: subnet.yaml, history.jsonl, search_state.json
 (resume), results.json, args.yaml and merged/ (a plain timm model: config.json + model.safetensors).
 With --subnet PRESET|FILE (or a fixed-subnet / full fine-tuning checkpoint) it skips the search and
-evaluates and exports that model through the same path.
+evaluates and exports that model through the same path. SAVE_DIR is locked (.lock) while it runs
+and refused if it holds a search unless --resume or --overwrite; a search state records the
+supernet it searched and refuses another.
 """
 from __future__ import annotations
 

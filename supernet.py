@@ -4,7 +4,9 @@
         --save_path SAVE_DIR --rank LORA_RANK
 
 Writes SAVE_DIR/<dataset>.pt (glora_* + head tensors and everything needed to resume),
-SAVE_DIR/<dataset>_args.yaml (the resolved config) and SAVE_DIR/<dataset>_log.jsonl.
+SAVE_DIR/<dataset>_args.yaml (the resolved config) and SAVE_DIR/<dataset>_log.jsonl, holding the
+lock SAVE_DIR/.<dataset>.lock while it runs. A SAVE_DIR that holds this run is refused unless
+--resume (continue) or --overwrite (start afresh); every flag is checked before data is read.
 """
 from __future__ import annotations
 
