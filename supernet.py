@@ -4,34 +4,32 @@
         --save_path SAVE_DIR --rank LORA_RANK
 
 Writes SAVE_DIR/<dataset>.pt (glora_* + head tensors and everything needed to resume),
-SAVE_DIR/<dataset>_args.yaml (the resolved config) and SAVE_DIR/<dataset>_log.jsonl.
+SAVE_DIR/<dataset>_args.yaml (the resolved config) and SAVE_DIR/<dataset>_log.jsonl, holding the
+lock SAVE_DIR/.<dataset>.lock while it runs. A SAVE_DIR that holds this run is refused unless
+--resume (continue) or --overwrite (start afresh); every flag is checked before data is read.
 """
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-import random
+import contextlib
 import sys
 import time
 from pathlib import Path
 
 import torch
-from timm.scheduler import CosineLRScheduler
 
-import glora
 import vtab
-from glora.checkpoint import (CheckpointError, atomic_torch_save, check_compatible, load_checkpoint,
-                              load_subnet, subnet_origin, versions)
+from glora.checkpoint import CheckpointError, load_checkpoint
+from glora.checks import SUPERNET_RANGES, check_batch_size, check_common, check_ranges
 from glora.config import (add_common_args, config_dict, differing_settings, parse_args,
                           sigterm_as_interrupt, write_yaml)
-from glora.distributed import World, average_gradients, close, epoch_seed, init_world, mean_over_ranks
-from glora.engine import (NonFiniteLossError, evaluate, evaluate_subnets, train_one_epoch,
-                          zero_fill_stepped_grads)
-from glora.model import WeightsError, autocast_dtype, build_model, resolve_device
-from glora.probe import check_targets_called
-from glora.timm_bias import unexportable_bias_free
-from glora.space import sample_choice
+from glora.distributed import close, init_world
+from glora.engine import NonFiniteLossError
+from glora.errors import one_line_errors
+from glora.model import resolve_device
+from glora.outputs import OutputFolder
+from glora.training import Run, describe, fit, load_data, trim_log
+from vtab.dataset import count_listed
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -62,209 +60,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# A resumed run must keep these: timm's scheduler restores its own length and warm-up.
-SCHEDULE_KEYS = ("epochs", "warmup_epochs", "warmup_lr", "min_lr", "lr")
-
-
-class Run:
-    """Everything one training run owns; ``payload()`` is its checkpoint."""
-
-    def __init__(self, args: argparse.Namespace, device: torch.device, world: World = World()):
-        self.args, self.device, self.world = args, device, world
-        self.task = vtab.resolve_task(args.dataset)
-        self.mode = "full" if args.full_finetune else ("subnet" if args.subnet else "supernet")
-        protocol = vtab.PROTOCOLS[args.protocol]
-        # A supernet trains on the protocol's supernet split; a fixed subnet or baseline on its
-        # final-training split (train800val200 under `retrain`).
-        train = protocol["train"] if self.mode == "supernet" else protocol["fit"]
-        self.splits = {"train": train, "search": protocol["search"], "test": protocol["test"]}
-        self.model = build_model(args.model, self.task.num_classes, args.pretrained,
-                                 args.model_kwargs, args.drop_path)
-        self.layer_names: list[str] = []
-        self.sampler = self.subnet = self.targets = None
-        if self.mode != "full":
-            self.targets = args.targets or glora.DEFAULT_TARGETS
-            probe = torch.zeros(1, args.model_kwargs.get("in_chans", 3), args.input_size, args.input_size)
-            self.layer_names = inject_targets(self.model, self.targets, args.rank, probe)
-            glora.mark_trainable(self.model)
-        self.origin = {"method": "full_finetune" if self.mode == "full" else "glora", "param_limit_M": None}
-        if self.mode == "subnet":
-            self.subnet = load_subnet(args.subnet, self.layer_names, args.rank)
-            self.origin = subnet_origin(args.subnet)
-            glora.set_subnet(self.model, self.subnet)
-            glora.freeze_unused(self.model)
-        elif self.mode == "supernet":
-            self.sampler = glora.set_subnet(self.model, None, seed=args.seed)
-        self.init = init_from_supernet(self, args.init_from) if args.init_from else {"init": "fresh"}
-        self.model.to(device)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        # The fused kernel on CUDA: one launch per step instead of one per tensor.
-        self.optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,
-                                           fused=device.type == "cuda")
-        # The floor and warm-up start never exceed the peak, so --lr 0 really freezes the weights
-        # (the original's absolute 1e-5 / 1e-6 would otherwise lift a smaller lr).
-        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=args.epochs,
-                                           lr_min=min(args.min_lr, args.lr), warmup_t=args.warmup_epochs,
-                                           warmup_lr_init=min(args.warmup_lr, args.lr))
-        rng = random.Random(args.seed + 1)  # validation subnets: fixed for the whole run
-        self.eval_subnets = [[sample_choice(rng, args.rank) for _ in self.layer_names]
-                             for _ in range(args.eval_subnets)]
-        self.epoch = 0
-        out = Path(args.save_path)
-        self.ckpt_path = out / f"{self.task.name}.pt"
-        self.log_path = out / f"{self.task.name}_log.jsonl"
-
-    def trained_state(self) -> dict[str, torch.Tensor]:
-        state = self.model.state_dict() if self.mode == "full" else glora.glora_state_dict(self.model)
-        return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-    def payload(self) -> dict:
-        a = self.args
-        return {"format_version": 1, "mode": self.mode, **self.origin, **self.init,
-                "state_dict": self.trained_state(),
-                "config": config_dict(a), "dataset": self.task.name, "protocol": a.protocol,
-                "splits": dict(self.splits), "rank": a.rank, "targets": self.targets, "model": a.model,
-                "model_kwargs": dict(a.model_kwargs), "input_size": a.input_size,
-                "num_classes": self.task.num_classes, "layer_names": list(self.layer_names),
-                "subnet": self.subnet, "eval_subnets": self.eval_subnets, "epoch": self.epoch,
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                "scheduler": dict(self.scheduler.state_dict()),
-                "sampler": self.sampler.state_dict() if self.sampler else None,
-                "torch_rng": torch.get_rng_state(), "world_size": self.world.size, "versions": versions()}
-
-    def restore(self) -> None:
-        ckpt = load_checkpoint(self.ckpt_path)
-        a = self.args
-        check_compatible(ckpt, {"model": a.model, "model_kwargs": dict(a.model_kwargs), "rank": a.rank,
-                                "targets": self.targets, "protocol": a.protocol, "dataset": self.task.name,
-                                "mode": self.mode, "init": self.init["init"]}, self.ckpt_path)
-        schedule = {k: ckpt["config"].get(k) for k in SCHEDULE_KEYS}
-        if schedule != {k: getattr(a, k) for k in SCHEDULE_KEYS}:
-            raise CheckpointError(f"{self.ckpt_path} was trained with {schedule}; resume with the same "
-                                  "schedule (the restored scheduler keeps its own length)")
-        glora.load_trained_state(self.model, ckpt["state_dict"], full=self.mode == "full")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if a.unused_supports == "update":
-            zero_fill_stepped_grads(self.optimizer)  # the gradients an uninterrupted run would hold
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.sampler is not None:
-            self.sampler.load_state_dict(ckpt["sampler"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        self.epoch = ckpt["epoch"]
-
-    def validate(self, loader) -> dict:
-        amp = autocast_dtype(self.args.precision, self.device)
-        if self.mode == "supernet":
-            return evaluate_subnets(self.model, loader, self.device, self.eval_subnets, self.sampler, amp)
-        return evaluate(self.model, loader, self.device, amp)
-
-
-def inject_targets(model, targets: str, rank: int, probe: torch.Tensor) -> list[str]:
-    """GLoRA into the linears ``targets`` matches, once a forward pass on ``probe`` shows they are called."""
-    check_targets_called(model, targets, probe)
-    names = glora.inject_glora(model, rank, targets=targets)
-    unexportable = unexportable_bias_free(model)
-    if unexportable:  # evolution.py refuses to search these; say so before hours of training
-        print(f"note: {', '.join(unexportable[:3])}{' …' if len(unexportable) > 3 else ''}: no bias, and "
-              "timm has no flag to give one, so a subnet using C or E there cannot be exported")
-    return names
-
-
-def init_from_supernet(run: Run, spec: str) -> dict:
-    """Start a fixed subnet's glora_* tensors and head from a supernet checkpoint; the record of it."""
-    a = run.args
-    if run.mode != "subnet":
-        raise CheckpointError("--init-from starts a fixed subnet (--subnet PRESET|FILE) from a supernet's "
-                              "trained tensors; it does not apply to a supernet or --full-finetune run")
-    path = Path(spec)
-    path = path / f"{run.task.name}.pt" if path.is_dir() else path
-    ckpt = load_checkpoint(path)
-    check_compatible(ckpt, {"model": a.model, "model_kwargs": dict(a.model_kwargs), "rank": a.rank,
-                            "targets": run.targets, "dataset": run.task.name}, path)
-    if ckpt.get("mode") == "full":
-        raise CheckpointError(f"{path} is a full fine-tuning checkpoint; --init-from needs GLoRA tensors")
-    source = ckpt.get("protocol")
-    # The subnet was chosen on the source's search split; training on it here is only honest when
-    # this protocol selects on the same split (val and retrain share val200; paper uses test).
-    if source is not None and vtab.PROTOCOLS[source]["search"] != vtab.PROTOCOLS[a.protocol]["search"]:
-        raise CheckpointError(f"{path} was trained under protocol {source!r}, which selects on "
-                              f"{vtab.PROTOCOLS[source]['search']}; this run's protocol {a.protocol!r} "
-                              f"selects on {vtab.PROTOCOLS[a.protocol]['search']}")
-    glora.load_trained_state(run.model, ckpt["state_dict"])
-    return {"init": "inherited", "init_from": str(path), "init_epoch": ckpt.get("epoch"),
-            "init_protocol": source}
-
-
-def load_data(args: argparse.Namespace, run: Run, device: torch.device):
-    """The protocol's training split (shuffled, drop_last) and search split, decoded once."""
-    load = dict(input_size=args.input_size, progress=args.progress)
-    train = vtab.load_split(args.data_path, run.task.name, run.splits["train"], **load)
-    search = vtab.load_split(args.data_path, run.task.name, run.splits["search"], **load)
-    train_loader = vtab.Loader(train, args.batch_size, shuffle=True, drop_last=True, seed=args.seed, device=device,
-                               rank=run.world.rank, world_size=run.world.size)  # each rank: its share
-    val_loader = vtab.Loader(search, args.eval_batch_size, shuffle=False, drop_last=False, device=device,
-                             resident=len(search) <= 20000)
-    return train_loader, val_loader
-
-
-def fit(run: Run, train_loader, val_loader) -> None:
-    """The epoch loop: train, step the schedule, validate every ``eval_every``, checkpoint."""
-    args, device, world = run.args, run.device, run.world
-    amp = autocast_dtype(args.precision, device)
-    params = [p for p in run.model.parameters() if p.requires_grad]
-    sync = (lambda: average_gradients(params, world)) if world.size > 1 else None
-    # The exact state at the start of the current epoch, saved on Ctrl-C (rank 0 writes).
-    snapshot = run.payload() if world.main else None
-    while run.epoch < args.epochs:
-        try:
-            train_loader.set_epoch(run.epoch)
-            if world.size > 1:  # stochastic depth: each rank its own draws, a function of the epoch
-                torch.manual_seed(epoch_seed(args.seed, run.epoch, world))
-            stats = train_one_epoch(run.model, train_loader, run.optimizer, device, run.epoch + 1, amp,
-                                    progress=args.progress and world.main,
-                                    zero_fill_grads=args.unused_supports == "update", after_backward=sync)
-            loss = mean_over_ranks(stats["loss"], world, device)
-            # As the original (FacT's loop): step with the finished epoch's index, so epoch e+1
-            # trains at the schedule's value for e.
-            run.scheduler.step(run.epoch)
-            run.epoch += 1
-            if world.main:
-                snapshot = end_epoch(run, val_loader, {"epoch": run.epoch, "train_loss": loss, "lr": stats["lr"]})
-        except KeyboardInterrupt:
-            if not world.main:
-                raise SystemExit(f"interrupted in epoch {run.epoch + 1} (rank {world.rank})") from None
-            atomic_torch_save(snapshot, run.ckpt_path)
-            raise SystemExit(f"interrupted in epoch {snapshot['epoch'] + 1}; saved the state at its start "
-                             f"to {run.ckpt_path}; continue with --resume") from None
-
-
-def end_epoch(run: Run, val_loader, record: dict) -> dict:
-    """Validate when due, log, checkpoint; returns the new snapshot (rank 0 only)."""
-    args = run.args
-    if run.epoch % args.eval_every == 0 or run.epoch == args.epochs:
-        val = run.validate(val_loader)
-        record.update({"split": run.splits["search"], **{f"val_{k}": v for k, v in val.items()}})
-        print(f"epoch {run.epoch}: loss {record['train_loss']:.4f}  {run.splits['search']} acc1 "
-              f"{val['acc1']:.2f}  -> {run.ckpt_path}", flush=True)
-    append_jsonl(run.log_path, record)
-    snapshot = run.payload()  # built once: the checkpoint now, the Ctrl-C fallback next epoch
-    if "split" in record or run.epoch % args.save_every == 0:
-        atomic_torch_save(snapshot, run.ckpt_path)
-    return snapshot
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
-def trim_log(path: Path, epoch: int) -> None:
-    """Drop log lines past a resumed checkpoint's epoch, so the log matches the resumed run."""
-    if path.is_file():
-        lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["epoch"] <= epoch]
-        path.write_text("".join(l + "\n" for l in lines))
-
-
 def checkpoint_path(args: argparse.Namespace) -> Path:
     """Where this run's checkpoint lives: SAVE_DIR/<dataset>.pt."""
     return Path(args.save_path) / f"{vtab.resolve_task(args.dataset).name}.pt"
@@ -288,55 +83,76 @@ def completed(args: argparse.Namespace) -> str | None:
     return f"already finished: {path} ({args.epochs} epochs)"
 
 
+def output_folder(args: argparse.Namespace) -> OutputFolder:
+    """--save_path as this run owns it: the checkpoint marks a run; log and config go with it."""
+    name = vtab.resolve_task(args.dataset).name
+    return OutputFolder(args.save_path, [f"{name}.pt"], [f"{name}_log.jsonl", f"{name}_args.yaml"],
+                        lock_name=f".{name}.lock")
+
+
 def main(args: argparse.Namespace) -> None:
+    check_args(args)  # every flag in its range, before anything is built or read
     if args.resume == "auto":  # finished: nothing to do; a state: continue it; none: start fresh
         finished = completed(args)
         if finished:
             print(finished)
             return
         args.resume = checkpoint_path(args).is_file()
+    if args.resume and not checkpoint_path(args).is_file():
+        raise CheckpointError(f"--resume: checkpoint not found: {checkpoint_path(args)}")
     device = resolve_device(args.device)
     world = init_world("nccl" if device.type == "cuda" else "gloo")  # one rank outside torchrun
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     say = print if world.main else (lambda *a, **k: None)  # only rank 0 prints and writes
+    folder = output_folder(args)  # rank 0 owns it (torchrun stops the other ranks if it refuses)
+    if world.main:
+        folder.check(args.resume, args.overwrite)  # writes nothing: a refused run leaves no trace
+    seen = folder.held_outputs()
     torch.manual_seed(args.seed)  # the same on every rank: the same head init and choice sampler
-    run = Run(args, device, world)
-    train_loader, val_loader = load_data(args, run, device)
-    out = Path(args.save_path)
-    if world.main:
-        out.mkdir(parents=True, exist_ok=True)
-    if args.resume:
-        run.restore()
-        say(f"resumed {run.ckpt_path} at epoch {run.epoch}")
-    if world.main:
-        trim_log(run.log_path, run.epoch)  # a fresh run (epoch 0) starts a fresh log
-        write_yaml(out / f"{run.task.name}_args.yaml", config_dict(args))
-    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-    say(f"{run.mode} on {run.task.name} ({run.splits['train']}: {len(train_loader.split)} images), "
-        f"{len(run.layer_names)} GLoRA layers, {trainable:,} trainable parameters "
-        f"(all supernet storage + head), device {device}"
-        + (f", {world.size} ranks of {args.batch_size // world.size} images per step" if world.size > 1 else ""))
-    start = time.time()
-    try:
-        with sigterm_as_interrupt():  # pre-emption saves like Ctrl-C
-            fit(run, train_loader, val_loader)
-    except NonFiniteLossError as err:
-        kept = f"kept the last good checkpoint {run.ckpt_path}" if run.ckpt_path.exists() else "no checkpoint was written"
-        raise SystemExit(f"error: {err}; stopped, {kept}") from None
-    finally:
-        close(world)
+    run = Run(args, device, world)  # model, weights, targets, rank and input size checked
+    check_batch_size(args.batch_size, count_listed(args.data_path, run.task, run.splits["train"]),
+                     f"{run.task.name}/{run.splits['train']}", world.size)
+    with folder.acquire(args.overwrite, seen) if world.main else contextlib.nullcontext():
+        if args.resume:
+            run.restore()  # refuses a checkpoint trained with other settings
+            say(f"resumed {run.ckpt_path} at epoch {run.epoch}")
+        if world.main:
+            trim_log(run.log_path, run.epoch)  # a fresh run (epoch 0) starts a fresh log
+            write_yaml(Path(args.save_path) / f"{run.task.name}_args.yaml", config_dict(args))
+        train_loader, val_loader = load_data(args, run, device)
+        say(describe(run, len(train_loader.split)))
+        start = time.time()
+        try:
+            with sigterm_as_interrupt():  # pre-emption saves like Ctrl-C
+                fit(run, train_loader, val_loader)
+        except NonFiniteLossError as err:
+            kept = f"kept the last good checkpoint {run.ckpt_path}" if run.ckpt_path.exists() else "no checkpoint was written"
+            raise SystemExit(f"error: {err}; stopped, {kept}") from None
+        finally:
+            close(world)
     say(f"done: {args.epochs} epochs in {time.time() - start:.1f}s -> {run.ckpt_path}")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The flags' ranges (one line each, naming the valid range)."""
+    parser = get_args_parser()
+    check_common(args, parser)
+    check_ranges(args, parser, SUPERNET_RANGES)
 
 
 def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
     args = parse_args(get_args_parser(), argv)
     try:
-        main(args)
-    except (vtab.DataError, WeightsError, CheckpointError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+        with one_line_errors(), sigterm_as_interrupt():
+            main(args)
+    except KeyboardInterrupt:  # outside the epoch loop (which saves and explains itself)
+        path = checkpoint_path(args)
+        if path.is_file():
+            raise SystemExit(f"interrupted; the last checkpoint is {path}; continue with --resume") from None
+        raise SystemExit("interrupted before a checkpoint was written; run the same command again") from None
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Checkpoints and subnet files: plain types, atomic writes, clear refusals."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -9,15 +10,13 @@ import timm
 import torch
 import yaml
 
+from glora.errors import CheckpointError
+from glora.files import atomic_write
 from glora.space import PRESETS, preset_subnet, validate_choice
 
 FORMAT_VERSION = 1
 # What must agree between a checkpoint and the flags that try to use it.
 COMPAT_KEYS = ("model", "model_kwargs", "rank", "targets", "input_size", "protocol", "dataset", "mode", "init")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or incompatible (one-line message)."""
 
 
 def versions() -> dict[str, str]:
@@ -26,21 +25,27 @@ def versions() -> dict[str, str]:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` through ``glora.files.atomic_write``: the previous file stays whole on any
+    failure, and a full disk or read-only folder is an ``OutputError``."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """A content hash (sha256) of a state dict: names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the bytes, not a copy
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
-    """Load a checkpoint with ``weights_only=True``; a missing or corrupt file is a clear error.
+    """Load a checkpoint with ``weights_only=True``; a missing, corrupt, malformed or non-finite
+    one is a clear error.
 
-    ``mmap=True`` maps the tensors instead of reading them (cheap when only metadata is needed).
+    ``mmap=True`` maps the tensors instead of reading them (cheap when only metadata is needed);
+    the tensors' values are then not checked.
     """
     path = Path(path)
     if not path.is_file():
@@ -51,10 +56,46 @@ def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}") from None
     if _is_original_format(ckpt):
-        return _from_original(ckpt, path)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        ckpt = _from_original(ckpt, path)
+    elif not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a GLoRA checkpoint (no 'state_dict')")
+    else:
+        _check_structure(ckpt, path)
+    if not mmap:
+        _check_finite(ckpt["state_dict"], path)
     return ckpt
+
+
+# What every checkpoint of this project holds, and of which type; GLoRA modes also need the rest.
+_FIELDS = {"mode": str, "epoch": int, "config": dict}
+_GLORA_FIELDS = {"model": str, "model_kwargs": dict, "rank": int, "num_classes": int}
+MODES = ("supernet", "subnet", "full")
+
+
+def _check_structure(ckpt: dict, path: Path) -> None:
+    """Refuse a checkpoint that lacks a field the CLIs read, before anything reads it."""
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no trained tensors (its state_dict is empty or not a "
+                              "mapping of tensors)")
+    fields = dict(_FIELDS, **(_GLORA_FIELDS if ckpt.get("mode") in ("supernet", "subnet") else {}))
+    wrong = [f"{key} ({type(ckpt.get(key)).__name__}, expected {kind.__name__})"
+             for key, kind in fields.items() if not isinstance(ckpt.get(key), kind)
+             or (kind is int and isinstance(ckpt.get(key), bool))]
+    if ckpt.get("mode") not in MODES:
+        wrong.insert(0, f"mode {ckpt.get('mode')!r} (expected one of {', '.join(MODES)})")
+    if ckpt.get("mode") == "subnet" and not isinstance(ckpt.get("subnet"), list):
+        wrong.append(f"subnet ({type(ckpt.get('subnet')).__name__}, expected list)")
+    if wrong:
+        raise CheckpointError(f"{path} is not a complete checkpoint of this project: {'; '.join(wrong[:3])}")
+
+
+def _check_finite(state: dict, path: Path) -> None:
+    """Refuse NaN or inf in trained tensors at load, not after a whole search."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite values (NaN or inf) in {len(bad)} tensor(s), first "
+                              f"{bad[0]}; it cannot be used (a run that diverged, or a damaged file)")
 
 
 def _is_original_format(ckpt: Any) -> bool:
@@ -69,7 +110,14 @@ def _from_original(ckpt: dict, path: Path) -> dict:
     from glora.merge import convert_original_state_dict
 
     state = convert_original_state_dict(ckpt)
-    rank = next(v.shape[1] for k, v in state.items() if k.endswith(".glora_Ad"))
+    down = {k: tuple(v.shape) for k, v in state.items() if k.endswith(".glora_Ad")}
+    ranks = {shape[1] for shape in down.values() if len(shape) == 2}
+    if len(ranks) != 1 or any(len(shape) != 2 for shape in down.values()):
+        key = next((k for k, s in down.items() if len(s) != 2), next(iter(down)))
+        raise CheckpointError(f"{path} looks like a checkpoint of the original code but is malformed: "
+                              f"{key.replace('.glora_', '.')} has shape {down[key]} (expected (out, rank), "
+                              f"one rank for all layers; ranks seen: {sorted(ranks)})")
+    rank = ranks.pop()
     print(f"{path}: a checkpoint of the original code (rank {rank}); model, protocol and dataset "
           "are not recorded in it, so the flags are trusted")
     return {"format_version": 0, "mode": "supernet", "state_dict": state, "rank": rank,

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from glora.files import atomic_write
+
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags both steps share (names fixed by DESIGN.md §4; defaults are the original code's)."""
@@ -42,6 +44,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--resume", nargs="?", const=True, default=False, type=resume_mode,
                         help="continue from the state in the output folder; --resume auto: continue if a "
                              "state exists, start fresh if none, and exit at once if the run is finished")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a --save_path that holds a run, deleting that run's outputs "
+                             "(without it such a folder is refused unless --resume)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return parser
 
@@ -60,12 +65,13 @@ def resume_mode(value: str) -> bool | str:
 
 # Settings that do not change what a run computes: a finished run is reused across them.
 RUN_ONLY_KEYS = frozenset({"resume", "progress", "device", "config", "save_every", "eval_every",
-                           "eval_subnets", "eval_batch_size"})
+                           "eval_subnets", "eval_batch_size", "overwrite", "allow_partial"})
 
 
-def differing_settings(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: recorded -> current`` for every setting both know (but RUN_ONLY_KEYS) that differs."""
-    keys = sorted((set(recorded) & set(current)) - RUN_ONLY_KEYS)
+def differing_settings(recorded: dict[str, Any], current: dict[str, Any],
+                       ignore: "frozenset[str] | set[str]" = RUN_ONLY_KEYS) -> list[str]:
+    """``key: recorded -> current`` for every setting both know (but ``ignore``) that differs."""
+    keys = sorted((set(recorded) & set(current)) - set(ignore))
     return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in keys if recorded.get(k) != current.get(k)]
 
 
@@ -122,9 +128,32 @@ def _typed(action: argparse.Action, value: Any, file: Path, key: str) -> Any:
             value = action.type(value)
         except (TypeError, ValueError, argparse.ArgumentTypeError):
             raise SystemExit(f"error: {file}: {key}: {value!r} is not a valid {action.type.__name__}") from None
+    elif not isinstance(value, str):
+        expected = _type_problem(action, value)
+        if expected:
+            raise SystemExit(f"error: {file}: {key}: {value!r} is not {expected}")
+        if action.type is str and value is not None:
+            value = str(value)  # `dataset: 123` or `targets: 1` mean the text
     if action.choices is not None and value not in action.choices:
         raise SystemExit(f"error: {file}: {key}: {value!r} is not one of {list(action.choices)}")
     return value
+
+
+def _type_problem(action: argparse.Action, value: Any) -> str | None:
+    """What a YAML value that is not a string should have been, or None if it fits the action."""
+    if value is None and action.default is None:
+        return None  # an optional setting left unset
+    if action.nargs == 0:  # store_true / store_false
+        return None if isinstance(value, bool) else "true or false"
+    if action.type is json.loads:
+        return None if isinstance(value, dict) else "a mapping"
+    if action.type is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a valid int"
+    if action.type is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a valid float"
+    if action.type is resume_mode:
+        return None if isinstance(value, bool) else "auto, yes or no"
+    return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a valid string"
 
 
 def config_dict(args: argparse.Namespace) -> dict[str, Any]:
@@ -143,12 +172,8 @@ def _plain(value: Any) -> Any:
 
 
 def write_yaml(path: str | os.PathLike, data: Any) -> None:
-    """Write YAML atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+    """Write YAML atomically (``glora.files.atomic_write``)."""
+    atomic_write(path, yaml.safe_dump(data, sort_keys=False))
 
 
 @contextlib.contextmanager

@@ -7,13 +7,14 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from glora.errors import GLoRAError
 from glora.inject import set_subnet
+from glora.progress import progress as progress_bar
 from glora.layer import ChoiceSampler
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(GLoRAError, FloatingPointError):
     """The training loss became NaN or inf."""
 
     def __init__(self, epoch: int, step: int, value: float):
@@ -50,7 +51,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     model.train()
     total = torch.zeros((), device=device)
     steps = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
+    # Off a terminal (a log file) one line at the start and one at the end of the epoch.
+    bar = progress_bar(loader, f"epoch {epoch}", enabled=progress, steps=1, leave=False, dynamic_ncols=True)
     for x, y in bar:
         with _autocast(device, amp_dtype):
             loss = F.cross_entropy(model(x), y)

@@ -15,7 +15,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -23,10 +22,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from glora.errors import one_line_errors
+from glora.files import atomic_folder
 from glora.inject import current_subnet, glora_layers, set_subnet
 from glora.layer import is_trainable_name
 from glora.merge import merge_glora
-from glora.peft_map import AdapterPlan, PeftExportError, encode_layer, plan_adapters
+from glora.peft_map import AdapterPlan, encode_layer, plan_adapters
 from glora.space import SUPPORTS
 
 MANIFEST = "glora_adapters.json"
@@ -84,17 +85,13 @@ def export_peft(model: nn.Module, folder: str | os.PathLike,
     anything is written. Written to a temporary folder first, then renamed into place.
     """
     peft_model, plans = to_peft_model(model, modules_to_save)
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(str(tmp), selected_adapters=[plan.name for plan in plans])
     subnet = current_subnet(model)
     manifest = {"format": FORMAT, "adapters": [plan.name for plan in plans],
                 "plans": [{"name": p.name, **p.config_kwargs(), "layers": p.layers} for p in plans],
                 "choices": {name: choice for (name, _), choice in zip(glora_layers(model), subnet)}}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        peft_model.save_pretrained(str(tmp), selected_adapters=[plan.name for plan in plans])
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return plans
 
 
@@ -173,18 +170,14 @@ def main(args: argparse.Namespace) -> list[AdapterPlan]:
 
 def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
-    from glora.checkpoint import CheckpointError
-    from glora.model import WeightsError
-
     args = get_args_parser().parse_args(argv)
     try:
-        main(args)
+        with one_line_errors():
+            main(args)
     except ModuleNotFoundError as err:
         if err.name != "peft":
             raise
         raise SystemExit("error: the PEFT export needs peft: pip install -r requirements-extras.txt") from None
-    except (PeftExportError, CheckpointError, WeightsError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

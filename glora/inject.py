@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from glora.errors import CheckpointError, TargetError
 from glora.layer import ChoiceSampler, GLoRALinear, is_trainable_name, used_tensor_names
 from glora.space import choice_params
 
@@ -37,18 +38,18 @@ def _target_names(model: nn.Module, targets: str) -> list[str]:
     try:
         pattern = re.compile(targets)
     except re.error as err:
-        raise ValueError(f"targets {targets!r} is not a valid regular expression: {err}") from None
+        raise TargetError(f"targets {targets!r} is not a valid regular expression: {err}") from None
     matched = [(name, module) for name, module in model.named_modules() if pattern.fullmatch(name)]
     if not matched:
-        raise ValueError(f"targets {targets!r} matches no module of {type(model).__name__} "
+        raise TargetError(f"targets {targets!r} matches no module of {type(model).__name__} "
                          "(it must match whole qualified names, e.g. 'blocks.0.attn.qkv')")
     wrong = [(name, module) for name, module in matched if type(module) is not nn.Linear]
     if wrong:
         name, module = wrong[0]
         if isinstance(module, GLoRALinear):
-            raise ValueError(f"{name} already holds GLoRA supports; inject once per model")
+            raise TargetError(f"{name} already holds GLoRA supports; inject once per model")
         others = f" ({len(wrong) - 1} more such)" if len(wrong) > 1 else ""
-        raise ValueError(f"targets {targets!r} matches {name}, a {type(module).__name__} and not an "
+        raise TargetError(f"targets {targets!r} matches {name}, a {type(module).__name__} and not an "
                          f"nn.Linear{others}; narrow the regex")
     return [name for name, _ in matched]
 
@@ -153,8 +154,8 @@ def load_trained_state(model: nn.Module, state: Mapping[str, torch.Tensor], full
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches: a different model, rank or class count
         detail = " ".join(str(err).split())
-        raise ValueError(f"checkpoint tensors do not fit the model: {detail[:300]}") from None
+        raise CheckpointError(f"checkpoint tensors do not fit the model: {detail[:300]}") from None
     wrong_missing = [k for k in missing if is_trainable_name(k)]
     if unexpected or wrong_missing:
-        raise ValueError(f"checkpoint tensors do not fit the model: unexpected {unexpected[:4]}, "
+        raise CheckpointError(f"checkpoint tensors do not fit the model: unexpected {unexpected[:4]}, "
                          f"missing {wrong_missing[:4]} (different model, depth or rank?)")

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from glora.files import atomic_folder
 from glora.inject import glora_layers
 from glora.layer import merged_linear
 from glora.space import SUPPORTS, validate_choice
@@ -111,12 +111,9 @@ def export_timm_folder(model: nn.Module, folder: str | os.PathLike, input_size: 
         raise ValueError("export needs a merged model; call glora.merge_glora(model) first")
     model_args = fit_gained_biases(model)  # refuses before anything is written
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     data_config = {"input_size": (3, input_size, input_size), "interpolation": interpolation,
                    "mean": tuple(mean), "std": tuple(std), "crop_pct": 1.0}
-    save_for_hf(model, str(tmp), safe_serialization=True, data_config=data_config,
-                model_args=model_args or None)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        save_for_hf(model, str(tmp), safe_serialization=True, data_config=data_config,
+                    model_args=model_args or None)
     return folder

@@ -8,13 +8,10 @@ import timm
 import torch
 from torch import nn
 
+from glora.errors import ConfigError, WeightsError
 WEIGHTS_HELP = ("download the original ImageNet-21k ViT-B/16 weights "
                 "(https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz) into the "
                 "repository root (see data/README.md), or pass --pretrained none")
-
-
-class WeightsError(RuntimeError):
-    """Backbone weights are missing or do not fit the model (one-line message)."""
 
 
 def build_model(name: str, num_classes: int, pretrained: str | None = None,
@@ -24,12 +21,18 @@ def build_model(name: str, num_classes: int, pretrained: str | None = None,
     ``pretrained`` is a ``.npz`` (Google layout, through timm's loader), ``.pth``/``.pt``/
     ``.safetensors`` (a timm state dict), or ``None``/``"none"`` for random init.
     """
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise ConfigError(f"model_kwargs {model_kwargs!r}: must be a mapping of timm.create_model arguments")
     kwargs = dict(model_kwargs or {})
     kwargs.setdefault("drop_path_rate", drop_path_rate)
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     except RuntimeError as err:  # timm raises RuntimeError for unknown model names
         raise WeightsError(f"cannot build timm model {name!r}: {err}") from None
+    except (TypeError, ValueError, AssertionError) as err:  # an unknown or ill-typed model_kwargs entry
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot build timm model {name!r} with model_kwargs {dict(model_kwargs or {})}: "
+                          f"{detail}") from None
     if pretrained and str(pretrained).lower() != "none":
         load_backbone(model, pretrained)
     # As the original: a new head for the task, whatever the checkpoint held.
@@ -53,7 +56,16 @@ def load_backbone(model: nn.Module, path: str | Path) -> None:
     except Exception as err:  # corrupt files surface as many different exception types
         raise WeightsError(f"cannot load pretrained weights from {path}: "
                            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} holds no state dict of tensors (check the file)")
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:  # one line, not torch's line per tensor
+        first = wrong[0]
+        raise WeightsError(f"{path} does not fit the model: {len(wrong)} tensor(s) differ in shape (first: "
+                           f"{first} is {tuple(state[first].shape)} in the file, {tuple(own[first].shape)} "
+                           "in the model); check --model and model_kwargs")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("head.")]
     if missing or unexpected:

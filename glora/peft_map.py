@@ -30,6 +30,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from glora.errors import GLoRAError
 from glora.space import SUPPORTS, parse_option
 
 # Order of expressiveness: each kind is exactly representable in every later one.
@@ -37,7 +38,7 @@ AB_ORDER = ("none", "constant", "vector", "lora")
 DE_ORDER = ("none", "constant", "vector")
 
 
-class PeftExportError(ValueError):
+class PeftExportError(GLoRAError, ValueError):
     """A subnet that PEFT's GLoRA cannot express (one line naming the layer)."""
 
 

@@ -26,10 +26,12 @@ class PlainProgress:
     whole lines: ``desc: 40/100 img (40%) 3.2 s``."""
 
     def __init__(self, iterable: "Iterable | None" = None, desc: str = "",
-                 total: "int | None" = None, unit: str = "it", file: "IO[str] | None" = None):
+                 total: "int | None" = None, unit: str = "it", file: "IO[str] | None" = None,
+                 steps: int = STEPS):
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.iterable, self.desc, self.total, self.unit = iterable, desc, total, unit
+        self.steps = max(1, steps)
         self.file = sys.stderr if file is None else file
         self.n, self.postfix, self.closed = 0, "", False
         self._start = time.perf_counter()
@@ -40,7 +42,7 @@ class PlainProgress:
         """The count at which the next line is due: the first step boundary above ``count``."""
         if self.total is None:
             return 1 << count.bit_length()  # 0 -> 1, 1 -> 2, 2..3 -> 4, 4..7 -> 8, ...
-        dues = (math.ceil(self.total * k / STEPS) for k in range(1, STEPS))
+        dues = (math.ceil(self.total * k / self.steps) for k in range(1, self.steps))
         return next((due for due in dues if due > count), math.inf)  # the last line is close()'s
 
     def _write(self, suffix: str = "") -> None:
@@ -95,14 +97,16 @@ def _is_terminal(stream: IO[str]) -> bool:
 
 def progress(iterable: "Iterable | None" = None, desc: str = "", total: "int | None" = None,
              enabled: bool = True, unit: str = "it", file: "IO[str] | None" = None,
-             **tqdm_kwargs: Any) -> "tqdm | PlainProgress":
+             steps: int = STEPS, **tqdm_kwargs: Any) -> "tqdm | PlainProgress":
     """A tqdm bar on a terminal, plain progress lines otherwise, nothing if not ``enabled``.
 
-    ``tqdm_kwargs`` (e.g. ``leave=False``) apply to the terminal bar only.
+    ``steps``: off a terminal, lines at every 1/steps of the total (1: only a first and a last
+    line, e.g. one pair per training epoch). ``tqdm_kwargs`` (e.g. ``leave=False``) apply to the
+    terminal bar only.
     """
     stream = sys.stderr if file is None else file
     if not enabled:
         return tqdm(iterable, desc=desc, total=total, unit=unit, file=stream, disable=True)
     if _is_terminal(stream):
         return tqdm(iterable, desc=desc, total=total, unit=unit, file=stream, **tqdm_kwargs)
-    return PlainProgress(iterable, desc, total, unit, stream)
+    return PlainProgress(iterable, desc, total, unit, stream, steps)

@@ -11,8 +11,8 @@ gene from either parent) and random refills up to ``population_num``. A child ou
 or already visited is skipped, at most 10x the wanted count of attempts, as the original.
 Fixed: (1) the last generation's children were evaluated but never ranked; here generations
 0..max_epochs are all evaluated and ranked (the original's evaluations, none wasted). (2) Refills
-were unbounded rejection sampling, endless for small budgets; ``random_candidate`` repairs or
-constructs, reaching any feasible budget, and ``BudgetError`` reports an infeasible one at once.
+were unbounded rejection sampling, endless for small budgets; ``glora.budget.random_candidate``
+repairs or constructs, reaching any feasible budget, and ``BudgetError`` reports an infeasible one.
 (3) Resume never loaded; here a run resumed from ``state_dict()`` (plain JSON) repeats an
 uninterrupted one call for call. (4) Crossover parents are distinct.
 
@@ -28,167 +28,27 @@ State dict, exported after every generation::
 """
 from __future__ import annotations
 
-import functools
 import math
 import random
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from glora.space import (SUPPORTS, all_choices, option_params, sample_choice, search_space,
-                         subnet_params, support_options)
+# The budget half (feasible range, repair, construction, random candidates) lives in
+# glora.budget; its names are re-exported here, where callers have always found them.
+from glora.budget import (PLAIN_TRIES, BudgetError, Subnet, _shapes, check_budget,  # noqa: F401
+                          feasible_range, random_candidate)
+from glora.errors import CheckpointError, ConfigError
+from glora.space import SUPPORTS, subnet_params, support_options
 
-Subnet = list  # list of per-layer choice dicts, in injection order
 STATE_FORMAT = "glora-search/1"
-PLAIN_TRIES = 10  # uniform draws before repair: the original's distribution for loose budgets
+
+
+class SearchStateError(CheckpointError, ValueError):
+    """A search state of another format or other settings, or malformed (a ValueError as before)."""
+
+
 STAT_KEYS = ("plain_draws", "plain_accepted", "repaired", "constructed", "mutation_tries",
              "mutations", "crossover_tries", "crossovers", "random_tries", "randoms", "duplicates")
-
-
-class BudgetError(ValueError):
-    """No subnet of the space has a parameter count inside the requested budget."""
-
-
-def _shapes(shapes: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
-    return tuple((int(i), int(o)) for i, o in shapes)
-
-
-@functools.lru_cache(maxsize=16)
-def _costs(rank: int, shapes: tuple) -> tuple[dict[str, dict[str, int]], ...]:
-    # Per layer: support -> option -> params via space.option_params (one counting rule). Read-only.
-    search_space(rank)  # validates rank
-    return tuple({s: {o: option_params(s, o, i, out, rank) for o in support_options(s, rank)}
-                  for s in SUPPORTS} for i, out in shapes)
-
-
-def _total(subnet: Sequence[Mapping[str, str]], costs) -> int:
-    return sum(layer[s][c[s]] for c, layer in zip(subnet, costs) for s in SUPPORTS)
-
-
-def feasible_range(rank: int, shapes: Sequence[Sequence[int]]) -> tuple[int, int]:
-    """(fewest, most) params of any subnet: all supports 'none'; all at their largest option."""
-    costs = _costs(rank, _shapes(shapes))
-    return (sum(min(o.values()) for layer in costs for o in layer.values()),
-            sum(max(o.values()) for layer in costs for o in layer.values()))
-
-
-@functools.lru_cache(maxsize=2)
-def _prefix_reach(rank: int, shapes: tuple, cap: int) -> tuple[int, ...]:
-    # Bit t of prefix[i] is set iff layers[:i] can hold exactly t params (t <= cap). Python ints are
-    # fast bitsets; convolving one support at a time costs ~17 shift-ORs per layer.
-    mask, prefix = (1 << (cap + 1)) - 1, [1]
-    for layer in _costs(rank, shapes):
-        reach = prefix[-1]
-        for opts in layer.values():
-            acc = 0
-            for c in set(opts.values()):
-                acc |= reach << c
-            reach = acc & mask
-        prefix.append(reach)
-    return tuple(prefix)
-
-
-@functools.lru_cache(maxsize=64)
-def _budget(rank: int, shapes: tuple, lo: int, hi: int) -> int | None:
-    """Check [lo, hi]; return None when wide enough to be feasible, else the bitset cap to use."""
-    least, most = feasible_range(rank, shapes)
-    span = (f"achievable at rank {rank} over {len(shapes)} layers: {least:,} to {most:,} params "
-            f"({least / 1e6:.6g} M to {most / 1e6:.6g} M)")
-    asked = f"budget [{lo:,}, {hi:,}] params ({lo / 1e6:.6g} M to {hi / 1e6:.6g} M)"
-    if lo > hi or hi < least or lo > most:
-        raise BudgetError(f"infeasible {asked}; {span}")
-    # Raising one support to its next dearer option adds at most `gap`, so achievable totals are
-    # never further apart than `gap`: a window at least that wide always holds one.
-    gap = max((b - a for layer in _costs(rank, shapes) for o in layer.values()
-               for a, b in zip(sorted(o.values()), sorted(o.values())[1:])), default=1)
-    lo, hi = max(lo, least), min(hi, most)
-    if hi - lo + 1 >= gap:
-        return None
-    cap = min(most, hi + gap)  # room to name the nearest achievable total above the window
-    reach = _prefix_reach(rank, shapes, cap)[-1]
-    if (reach >> lo) & ((1 << (hi - lo + 1)) - 1):
-        return cap
-    below = (reach & ((1 << lo) - 1)).bit_length() - 1
-    above = reach >> (hi + 1)
-    above = hi + (above & -above).bit_length() if above else None
-    raise BudgetError(f"no subnet fits the {asked}; nearest achievable: {below:,} below, "
-                      f"{above if above is None else f'{above:,}'} above; {span}")
-
-
-def check_budget(rank: int, shapes: Sequence[Sequence[int]], min_params: float,
-                 max_params: float) -> tuple[int, int]:
-    """Return the budget as integers (lo, hi), or raise BudgetError naming the achievable range."""
-    lo, hi = math.ceil(min_params), math.floor(max_params)
-    _budget(rank, _shapes(shapes), lo, hi)
-    return lo, hi
-
-
-def _repair(rng: random.Random, subnet: Subnet, costs, lo: int, hi: int) -> Subnet | None:
-    # Move one random support at a time towards the budget, never past its far edge: the walk is
-    # monotone (at most 3 moves per support) and fails only when the window is narrower than a step.
-    total = _total(subnet, costs)
-
-    def moves(i: int, s: str) -> list[str]:
-        cur, opts = costs[i][s][subnet[i][s]], costs[i][s]
-        if total > hi:
-            return [o for o, c in opts.items() if c < cur and total - cur + c >= lo]
-        return [o for o, c in opts.items() if c > cur and total - cur + c <= hi]
-
-    while not lo <= total <= hi:
-        for _ in range(32):  # rejection over positions: exact, and cheaper than a full scan
-            i, s = rng.randrange(len(subnet)), rng.choice(SUPPORTS)
-            if ok := moves(i, s):
-                break
-        else:
-            valid = [(i, s, m) for i in range(len(subnet)) for s in SUPPORTS if (m := moves(i, s))]
-            if not valid:
-                return None
-            i, s, ok = rng.choice(valid)
-        option = rng.choice(ok)
-        total += costs[i][s][option] - costs[i][s][subnet[i][s]]
-        subnet[i][s] = option
-    return subnet
-
-
-def _construct(rng: random.Random, rank: int, shapes: tuple, lo: int, hi: int,
-               cap: int | None) -> Subnet:
-    # Exact fallback for windows narrower than one option step: pick an achievable total, then walk
-    # the layers backwards choosing any choice that leaves a total the earlier layers can hold.
-    cap = min(feasible_range(rank, shapes)[1], hi) if cap is None else cap
-    lo, hi = max(lo, 0), min(hi, cap)
-    prefix, costs = _prefix_reach(rank, shapes, cap), _costs(rank, shapes)
-    window = bin((prefix[-1] >> lo) & ((1 << (hi - lo + 1)) - 1))[2:][::-1]
-    target = lo + rng.choice([j for j, bit in enumerate(window) if bit == "1"])
-    subnet: Subnet = [None] * len(shapes)
-    for i in reversed(range(len(shapes))):
-        bits = prefix[i].to_bytes(cap // 8 + 1, "little")
-        fits = []
-        for c in all_choices(rank):
-            rest = target - _total([c], costs[i:i + 1])
-            if 0 <= rest <= cap and bits[rest >> 3] >> (rest & 7) & 1:
-                fits.append((c, rest))
-        subnet[i], target = rng.choice(fits)
-    return subnet
-
-
-def random_candidate(rng: random.Random, rank: int, shapes: Sequence[Sequence[int]],
-                     min_params: float, max_params: float, *, plain_tries: int = PLAIN_TRIES,
-                     stats: dict | None = None) -> Subnet:
-    """A random subnet within the budget: uniform draws, else the last one repaired, else built."""
-    shapes = _shapes(shapes)
-    lo, hi = check_budget(rank, shapes, min_params, max_params)
-    costs, stats = _costs(rank, shapes), stats if stats is not None else {}
-    for _ in range(max(plain_tries, 1)):
-        subnet = [sample_choice(rng, rank) for _ in shapes]
-        if plain_tries > 0:
-            stats["plain_draws"] = stats.get("plain_draws", 0) + 1
-            if lo <= _total(subnet, costs) <= hi:
-                stats["plain_accepted"] = stats.get("plain_accepted", 0) + 1
-                return subnet
-    if _repair(rng, subnet, costs, lo, hi) is not None:
-        stats["repaired"] = stats.get("repaired", 0) + 1
-        return subnet
-    stats["constructed"] = stats.get("constructed", 0) + 1
-    return _construct(rng, rank, shapes, lo, hi, _budget(rank, shapes, lo, hi))
 
 
 def mutate(rng: random.Random, parent: Sequence[Mapping[str, str]], rank: int, m_prob: float,
@@ -256,7 +116,7 @@ class EvolutionSearch:
         bad += [] if 0 <= m_prob <= 1 else [f"m_prob={m_prob!r} (needs 0..1)"]
         bad += [] if shapes and all(min(s) > 0 for s in _shapes(shapes)) else [f"shapes={shapes!r}"]
         if bad:
-            raise ValueError(f"invalid search settings: {', '.join(bad)}")
+            raise ConfigError(f"invalid search settings: {', '.join(bad)}")
         self.evaluate_fn = evaluate_fn
         self.config = dict(shapes=[list(s) for s in _shapes(shapes)], rank=rank, m_prob=m_prob,
                            min_params=min_params, max_params=max_params, seed=seed, **counts)
@@ -363,18 +223,29 @@ class EvolutionSearch:
                 "stats": dict(self.stats), "rng_state": [version, list(internal), gauss]}
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore a state; settings must match except max_epochs (which may extend a search)."""
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a {STATE_FORMAT!r} search state: {state.get('format')!r}")
-        saved = state["config"]
+        """Restore a state; settings must match except max_epochs (which may extend a search).
+
+        Raises ``SearchStateError`` for another format, other settings or a malformed state.
+        """
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+            raise SearchStateError(f"not a {STATE_FORMAT!r} search state: {found!r}")
+        saved = state.get("config") if isinstance(state.get("config"), Mapping) else {}
         diff = [f"{k} (saved {saved.get(k)!r}, now {v!r})" for k, v in self.config.items()
                 if k != "max_epochs" and saved.get(k) != v]
         if diff:
-            raise ValueError(f"search state was saved with different settings: {'; '.join(diff)}")
-        self.generation = int(state["generation"])
-        self.candidates, self.top_k = list(state["candidates"]), list(state["top_k"])
-        self.records = [dict(r) for r in state["evaluated"]]
-        self.memo = {r["key"]: i for i, r in enumerate(self.records)}
-        self.stats = dict(state["stats"])
-        version, internal, gauss = state["rng_state"]
-        self.rng.setstate((version, tuple(internal), gauss))
+            raise SearchStateError(f"search state was saved with different settings: {'; '.join(diff)}")
+        try:
+            generation = int(state["generation"])
+            candidates, top_k = list(state["candidates"]), list(state["top_k"])
+            records = [dict(r) for r in state["evaluated"]]
+            memo = {r["key"]: i for i, r in enumerate(records)}
+            stats = dict(state["stats"])
+            version, internal, gauss = state["rng_state"]
+            self.rng.setstate((version, tuple(internal), gauss))
+        except (KeyError, TypeError, ValueError) as err:
+            raise SearchStateError(f"malformed search state ({type(err).__name__}: {err})") from None
+        if any(k not in memo for k in candidates + top_k):
+            raise SearchStateError("malformed search state (candidates or top_k not among the evaluated)")
+        self.generation, self.candidates, self.top_k = generation, candidates, top_k
+        self.records, self.memo, self.stats = records, memo, stats

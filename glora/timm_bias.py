@@ -17,12 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from glora.errors import TargetError
+
 
 def fit_gained_biases(model: nn.Module) -> dict[str, Any]:
     """Constructor flags a fresh build of ``model`` needs to hold all its biases (``{}`` if none).
 
     Layers that a chosen flag gives a bias but the merge did not get a zero bias, in place.
-    Raises ``ValueError`` naming the first gained bias no flag can hold.
+    Raises ``TargetError`` (a ``ValueError``) naming the first gained bias no flag can hold.
     """
     arch, args = _arch_and_args(model)
     if not arch:  # not built by timm.create_model: nothing to rebuild against
@@ -44,14 +46,14 @@ def fit_gained_biases(model: nn.Module) -> dict[str, Any]:
         layer = uncovered[0].removesuffix(".bias")
         tried = ", ".join(_false_bias_flags(model, args))
         tried = f" (tried {tried})" if tried else ""
-        raise ValueError(f"{layer}: the merged layer gains a bias (its choice uses E or C on a layer "
+        raise TargetError(f"{layer}: the merged layer gains a bias (its choice uses E or C on a layer "
                          f"without bias), but timm's {arch} has no constructor flag that gives it "
                          f"one{tried}; use C and E 'none' there or leave it out of the targets")
     for key in sorted(covered - set(extra)):
         layer = model.get_submodule(key[:-5])  # (out,) zeros: a bias that changes nothing
         layer.bias = nn.Parameter(layer.weight.new_zeros(layer.out_features), requires_grad=False)
     if set(model.state_dict()) != _build_keys(arch, {**args, **flags}):
-        raise ValueError(f"the merged {arch} does not match a fresh build with {flags}; cannot export")
+        raise TargetError(f"the merged {arch} does not match a fresh build with {flags}; cannot export")
     return flags
 
 

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 import evolution
+import glora.searching
 import supernet
 import vtab
 from glora.config import parse_args
@@ -85,7 +86,7 @@ def test_exported_folder_needs_no_project_code(trained, tmp_path):
 def test_interrupted_search_resumes_to_the_same_result(trained, monkeypatch):
     straight = search(trained, "straight", *SMALL_SEARCH)
     calls = {"n": 0}
-    real = evolution.evaluate
+    real = glora.searching.evaluate
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -94,7 +95,7 @@ def test_interrupted_search_resumes_to_the_same_result(trained, monkeypatch):
         return real(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(evolution, "evaluate", flaky)
+        m.setattr(glora.searching, "evaluate", flaky)
         with pytest.raises(SystemExit, match="search_state.json; continue with --resume"):
             search(trained, "resumed", *SMALL_SEARCH)
     state = json.loads((trained / "resumed" / "search_state.json").read_text())
@@ -157,7 +158,7 @@ def test_original_code_checkpoint_is_converted_and_searched(trained, tmp_path):
     assert converted["test_acc1"] == reference["test_acc1"] and converted["params"] == reference["params"]
     with pytest.raises(SystemExit, match="rank: checkpoint has 4, flags give 3"):
         evolution.cli(["--config", str(trained / "model.yaml"), "--dataset", "eurosat", "--load_path",
-                       str(tmp_path / "orig"), "--save_path", str(res_dir), "--rank", "3"])
+                       str(tmp_path / "orig"), "--save_path", str(tmp_path / "out3"), "--rank", "3"])
 
 
 def test_full_finetune_baseline_is_evaluated_and_exported(trained):

@@ -83,3 +83,28 @@ def test_terminal_gets_tqdm_and_disabled_writes_nothing():
         manual.update(5)
     assert quiet.getvalue() == ""
     assert isinstance(progress(range(3), "x", file=io.StringIO()), PlainProgress)
+
+
+def test_training_epoch_and_search_bars_write_plain_lines_into_a_log(capsys):
+    """Fails if glora.engine's epoch bar writes tqdm's carriage-return bar into a log that is not a
+    terminal, or more than a first and a last line per epoch."""
+    import torch
+
+    from glora.engine import train_one_epoch
+    model = torch.nn.Linear(4, 3)
+    batches = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in range(25)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_one_epoch(model, batches, optimizer, torch.device("cpu"), epoch=7, progress=True)
+    err = capsys.readouterr().err  # pytest's captured stderr is not a terminal
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("epoch 7: 0/25 it (0%)")
+    assert lines[1].startswith("epoch 7: 25/25 it (100%)") and lines[1].endswith(" done")
+
+
+def test_steps_one_gives_only_the_first_and_last_line():
+    """Fails if steps=1 still writes a line every 10 %."""
+    log = io.StringIO()
+    for _ in progress(range(50), "e", file=log, steps=1):
+        pass
+    assert [line.split(" it")[0] for line in log.getvalue().splitlines()] == ["e: 0/50", "e: 50/50"]

@@ -115,6 +115,8 @@ def test_flags_from_the_plan_file_and_the_command_line(tmp_path):
     ([], {"supernet_args": {"epoch": 3}}, "supernet_args: --epoch is not a flag of supernet.py (did you mean --epochs?)"),
     ([], {"args": {"lr": 0.1}}, "args: --lr is not a flag of evolution.py"),
     ([], {"args": {"seed": 3}}, "args: --seed is set by the sweep for every job (from seeds)"),
+    ([], {"args": {"overwrite": True}}, "args: --overwrite is set by the sweep for every job (from the sweep, "
+                                        "which passes --resume auto"),
     ([], {"train_args": {"epochs": "many"}}, "train_args: --epochs: 'many' is not a valid int"),
     ([], {"search_args": {"device": "tpu"}}, "search_args: --device: 'tpu' is not one of ['auto', 'cpu', 'cuda']"),
     ([], {"method_args": {"glora": {"lr": 1}}}, "unknown method_args method 'glora'"),

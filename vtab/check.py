@@ -21,6 +21,8 @@ from glora.progress import progress as progress_bar
 
 from .dataset import README_HINT, SPLITS, read_list, task_dir
 from .images import not_regular, open_rgb
+from glora.errors import GLoRAError, one_line
+
 from .tasks import TASKS, DataError, TaskInfo, resolve_task
 
 # VTAB-1k sizes; the test split differs per task, so it has no expected size.
@@ -165,8 +167,8 @@ def main(argv: "Sequence[str] | None" = None) -> int:
             tasks, notes = find_tasks(args.data_path)
         reports = [check_task(args.data_path, info, args.quick, args.workers,
                               progress=not args.no_progress) for info in tasks]
-    except DataError as error:
-        print(f"vtab.check: error: {error}", file=sys.stderr)
+    except GLoRAError as error:  # DataError above all
+        print(f"vtab.check: error: {one_line(error)}", file=sys.stderr)
         return 2
     print(format_table(reports))
     problems = [p for r in reports for p in r.problems]

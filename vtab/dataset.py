@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,8 @@ from typing import Iterator, Sequence
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from glora.errors import ConfigError, GLoRAError
+from glora.files import atomic_write
 from glora.progress import progress as progress_bar
 
 from .images import (INTERPOLATIONS, decode_image, open_rgb, pil_pipeline,  # noqa: F401
@@ -98,6 +99,11 @@ def list_file(data_path: "str | os.PathLike", task: "str | TaskInfo", split: str
     if not path.is_file():
         raise DataError(f"list file {path} not found; {README_HINT}")
     return path
+
+
+def count_listed(data_path: "str | os.PathLike", task: "str | TaskInfo", split: str) -> int:
+    """How many samples a split's list file names (its non-blank lines), without decoding any."""
+    return sum(1 for line in list_file(data_path, task, split).read_bytes().splitlines() if line.strip())
 
 
 def _decode_text(data: bytes, source: "str | os.PathLike") -> str:
@@ -211,19 +217,10 @@ def _read_cache(path: Path, key: str, shape: tuple[int, ...]) -> "torch.Tensor |
 
 
 def _write_cache(path: Path, key: str, images: torch.Tensor) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Temporary file in the same folder, then os.replace: readers never see a partial file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"key": key, "version": _CACHE_VERSION, "crc32": _checksum(images),
-                        "images": images}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    except (OSError, RuntimeError) as error:  # e.g. a read-only tree or a full disk: not cached
+    blob = {"key": key, "version": _CACHE_VERSION, "crc32": _checksum(images), "images": images}
+    try:  # a unique temporary name: two runs may decode the same split at once
+        atomic_write(path, lambda handle: torch.save(blob, handle), unique=True)
+    except GLoRAError as error:  # e.g. a read-only tree or a full disk: not cached
         warnings.warn(f"could not write cache {path}: {error}; pass cache_dir= to cache elsewhere")
         return
     # The same split at the same size/interpolation under an older list is now stale.
@@ -274,9 +271,9 @@ class Loader:
                  std: Sequence[float] = IMAGENET_DEFAULT_STD, resident: bool = True,
                  rank: int = 0, world_size: int = 1):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if batch_size % world_size or not 0 <= rank < world_size:
-            raise ValueError(f"batch size {batch_size} does not split evenly over {world_size} ranks")
+            raise ConfigError(f"batch size {batch_size} does not split evenly over {world_size} ranks")
         self.rank, self.world_size = rank, world_size
         self.split, self.batch_size = split, batch_size
         self.shuffle, self.drop_last, self.seed, self.epoch = shuffle, drop_last, seed, 0

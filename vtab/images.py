@@ -27,6 +27,8 @@ import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from glora.errors import ConfigError
+
 from .tasks import DataError
 
 INTERPOLATIONS = {
@@ -46,7 +48,7 @@ _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pip
 def resample(interpolation: str) -> Image.Resampling:
     """The Pillow filter of an interpolation name; ValueError listing the names otherwise."""
     if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation {interpolation!r} not in {', '.join(INTERPOLATIONS)}")
+        raise ConfigError(f"interpolation {interpolation!r} not in {', '.join(INTERPOLATIONS)}")
     return INTERPOLATIONS[interpolation]
 
 

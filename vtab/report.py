@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import re
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from glora.errors import GLoRAError, one_line
+from glora.files import atomic_write, make_folder
 from vtab.report_table import default_tasks, method_table
 
 REFERENCE_CSV = Path(__file__).with_name("reference.csv")
@@ -38,7 +41,7 @@ PROTOCOL_NOTES = (
 Groups = Mapping[str, Sequence[str]]
 
 
-class ReportError(Exception):
+class ReportError(GLoRAError):
     """A problem that stops the report; str(e) is one line."""
 
 
@@ -143,8 +146,12 @@ def load_reference(path: Path = REFERENCE_CSV) -> Reference:
     groups = _parse_groups([line for line in lines if line.startswith("#")], tasks)
     rows = []
     for rec in reader:
-        params = float(rec["params_M"])
-        cells = {t: Cell(float(rec[t]), None, 1, params) for t in tasks}
+        try:
+            params = float(rec["params_M"])
+            cells = {t: Cell(float(rec[t]), None, 1, params) for t in tasks}
+        except (KeyError, TypeError, ValueError):  # a missing column or a cell that is no number
+            raise ReportError(f"{path}: the row of {rec.get('method')!r} (line {reader.line_num} "
+                              "without comments) has a missing or non-numeric cell") from None
         rows.append(Row(f"published: {rec['method']}", rec["method"], "published", "n/a",
                         params, cells))
     return Reference(tasks, groups, rows)
@@ -314,15 +321,16 @@ def write_csv(rep: Report, path: Path) -> None:
     """One line per method row: label, protocol, selection_split, params_M, tasks, means."""
     ref = rep.ref
     num = lambda x: "" if x is None else repr(round(x, 4))  # noqa: E731
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["label", "protocol", "selection_split", "params_M", *ref.tasks,
-                         *ref.groups, *AVERAGES])
-        for r in rep.vtab_rows():
-            acc = r.acc()
-            writer.writerow([r.label, r.protocol, r.selection_split, num(r.params_M)]
-                            + [num(acc.get(t)) for t in ref.tasks]
-                            + [num(v) for v in summarize(acc, ref.groups).values()])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["label", "protocol", "selection_split", "params_M", *ref.tasks,
+                     *ref.groups, *AVERAGES])
+    for r in rep.vtab_rows():
+        acc = r.acc()
+        writer.writerow([r.label, r.protocol, r.selection_split, num(r.params_M)]
+                        + [num(acc.get(t)) for t in ref.tasks]
+                        + [num(v) for v in summarize(acc, ref.groups).values()])
+    atomic_write(path, text.getvalue())
 
 
 def _panels(rep: Report) -> list[tuple[str, list[tuple[Row, float]]]]:
@@ -361,7 +369,7 @@ def plot(rep: Report, path: Path) -> bool:
     handles = {h.get_label(): h for ax in fig.axes for h in ax.get_legend_handles_labels()[0]}
     labels = [label for label in colours if label in handles]  # in row order
     fig.legend([handles[label] for label in labels], labels, loc="outside lower center", fontsize=7)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format=Path(path).suffix[1:]))
     return True
 
 
@@ -384,20 +392,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         rep = collect(args.runs_dir, args.methods, load_reference(args.reference))
-    except (ReportError, ValueError) as e:  # ValueError: a non-numeric cell in the reference
-        print(f"vtab.report: error: {e}", file=sys.stderr)
+    except GLoRAError as e:  # ReportError, or a data problem naming its file
+        print(f"vtab.report: error: {one_line(e)}", file=sys.stderr)
         return 2
     for path, why in rep.errors:
         print(f"vtab.report: warning: skipped {path}: {why}", file=sys.stderr)
     out = args.runs_dir if args.out is None else args.out
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        make_folder(out, "--out")
+    except GLoRAError as e:
+        print(f"vtab.report: error: {one_line(e)}", file=sys.stderr)
+        return 2
     plotted = not args.no_plot and plot(rep, out / PLOT_FILE)
     skipped = "--no-plot" if args.no_plot else "matplotlib is not importable"
     tasks = args.tasks or default_tasks(rep.ours, rep.ref.tasks)
     markdown = render_markdown(rep, PLOT_FILE if plotted else None, skipped, tasks)
-    (out / "report.md").write_text(markdown)
+    atomic_write(out / "report.md", markdown)
     write_csv(rep, out / "report.csv")
-    (out / TABLE_FILE).write_text("\n".join(method_table(rep.ours, tasks)))
+    atomic_write(out / TABLE_FILE, "\n".join(method_table(rep.ours, tasks)))
     print(markdown)
     print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / TABLE_FILE}, "
           + (f"and {out / PLOT_FILE}" if plotted else f"skipped the plot ({skipped})"))

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-class DataError(Exception):
-    """A problem with the data on disk or a task name; ``str(e)`` is one line naming the culprit."""
+from glora.errors import DataError  # noqa: F401  (vtab.DataError: a problem with the data or a task name)
 
 
 @dataclass(frozen=True)

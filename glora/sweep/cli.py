@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from glora.errors import one_line_errors
+from glora.files import atomic_write
 from glora.sweep.jobs import build_jobs, mark_finished
 from glora.sweep.local import LocalBackend, slots_for
 from glora.sweep.plan import (LIST_KEYS, SECTIONS, PlanError, build_plan, merge, parse_flag_string,
@@ -113,9 +115,10 @@ def report(runs: Path, tasks: list[str]) -> None:
         print(f"report: skipped (no results.json under {runs})")
         return
     log = runs / "report.log"
-    with open(log, "w") as handle:
-        rc = subprocess.run([sys.executable, "-m", "vtab.report", str(runs), "--tasks", *tasks],
-                            stdout=handle, stderr=subprocess.STDOUT).returncode
+    done = subprocess.run([sys.executable, "-m", "vtab.report", str(runs), "--tasks", *tasks],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    atomic_write(log, done.stdout)
+    rc = done.returncode
     if rc != 0:
         print(f"report: FAILED (log {log})")
         return
@@ -160,10 +163,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    """Parse, run, and turn plan errors into one line."""
+    """Parse, run, and turn the expected failures (a bad plan, ...) into one line."""
     args = get_args_parser().parse_args(argv)
-    try:
+    with one_line_errors():
         code = main(args)
-    except PlanError as err:
-        raise SystemExit(f"error: {err}") from None
     sys.exit(code)

@@ -131,6 +131,12 @@ def finished(job: Job) -> str | None:
     return module.completed(parse_args(module.get_args_parser(), job.argv))
 
 
+def in_use_by(job: Job) -> str | None:
+    """The pid of a run holding the job's output folder (its CLI's own lock), or None."""
+    module = cli_module(job.script)
+    return module.output_folder(parse_args(module.get_args_parser(), job.argv)).holder()
+
+
 def mark_finished(jobs: dict[str, Job], targets: list[str]) -> None:
     """Mark finished jobs done, then jobs that nothing unfinished needs as unneeded."""
     for job in jobs.values():

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import IO
 
-from glora.sweep.jobs import Job, finished
+from glora.sweep.jobs import Job, finished, in_use_by
 from glora.sweep.status import Board, last_line
 
 STOPPING_STATES = ("failed", "interrupted", "skipped")
@@ -106,6 +106,11 @@ class LocalBackend:
                 self.board.finish(job, "skipped", f"needs {blocked.name} ({blocked.state})")
             elif all(d.state == "done" for d in deps) and len(self.running) < len(self.slots):
                 waiting.remove(job)
+                holder = in_use_by(job)
+                if holder is not None:  # another sweep (or a hand-started run) has it: never twice
+                    self.board.finish(job, "failed", f"not started: {job.out} is in use by another run "
+                                                     f"(pid {holder})")
+                    continue
                 used = {r.slot for r in self.running}
                 self._start(job, next(i for i in range(len(self.slots)) if i not in used))
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from glora.errors import ConfigError
 from vtab.tasks import DataError, select_tasks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,11 +43,12 @@ PLAN_KEYS = ("runs", *LIST_KEYS, *SECTIONS, "method_args")
 # Set by the sweep for every job: a plan must not set them.
 OWNED = {"dataset": "tasks", "save_path": "runs", "load_path": "the job graph", "protocol": "protocols",
          "seed": "seeds", "param_limits": "budgets", "subnet": "methods", "full_finetune": "methods",
-         "init_from": "methods", "resume": "the sweep (--resume auto)"}
+         "init_from": "methods", "resume": "the sweep (--resume auto)",
+         "overwrite": "the sweep, which passes --resume auto; delete a job's folder to redo it"}
 Flags = dict[str, "str | bool"]  # canonical option string -> value (True: a bare flag)
 
 
-class PlanError(ValueError):
+class PlanError(ConfigError):
     """A wrong plan: unknown key, task, method, protocol or flag (one line)."""
 
 

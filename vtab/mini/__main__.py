@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from glora.errors import one_line_errors
+
 from ..tasks import MINI_TASKS
 from .layout import DEFAULT_BACKBONE_DIR, DEFAULT_DATA_PATH, build, ensure_backbone
 
@@ -43,5 +45,12 @@ def main(args: argparse.Namespace) -> None:
         print(probe.markdown_table(rows))
 
 
+def cli(argv: "list[str] | None" = None) -> None:
+    """Parse, run, and turn the expected failures into one-line errors."""
+    args = get_args_parser().parse_args(argv)
+    with one_line_errors():
+        main(args)
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli()

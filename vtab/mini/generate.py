@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ..tasks import MINI_TASKS, TASKS
+from ..tasks import MINI_TASKS, TASKS, DataError
 from . import render as R
 
 SIZE = 32
@@ -114,7 +114,7 @@ def generate(task: str, n: int, seed: "int | list[int]",
              progress: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`n` images uint8 (n, 32, 32, 3) and balanced labels (n,) of a procedural task."""
     if task not in RENDERERS:
-        raise ValueError(f"no generator for {task!r}; expected one of {', '.join(RENDERERS)}")
+        raise DataError(f"no generator for {task!r}; expected one of {', '.join(RENDERERS)}")
     rng = np.random.default_rng(seed)
     labels = balanced_labels(rng, n, NUM_CLASSES[task])
     images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)

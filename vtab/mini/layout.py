@@ -15,9 +15,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from glora.files import atomic_write
 from glora.progress import progress as progress_bar
 
-from ..tasks import MINI_TASKS
+from ..tasks import MINI_TASKS, DataError
 from . import generate
 
 LIST_FILES = ("train800", "val200", "train800val200", "test")
@@ -35,7 +36,7 @@ def task_splits(task: str, sizes: Sequence[int] = SPLIT_SIZES, seed: int | None 
                 progress: bool = False) -> Splits:
     """Images uint8 (N, 32, 32, 3) and labels of a task's train800 / val200 / test splits."""
     if task not in MINI_TASKS:
-        raise ValueError(f"unknown mini task {task!r}; expected one of {', '.join(MINI_TASKS)}")
+        raise DataError(f"unknown mini task {task!r}; expected one of {', '.join(MINI_TASKS)}")
     seed = SEEDS[task] if seed is None else seed
     n_train, n_val, n_test = sizes
     if task == "mini_digits":
@@ -46,12 +47,6 @@ def task_splits(task: str, sizes: Sequence[int] = SPLIT_SIZES, seed: int | None 
         # One RNG stream per split ([seed, index]): changing one split size leaves the others.
         return {name: generate.generate(task, n, [seed, index], bar.update)
                 for index, (name, n) in enumerate(zip(("train800", "val200", "test"), sizes))}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # a list file exists only when complete: the 'built' marker
 
 
 def write_noah(folder: "str | os.PathLike", splits: Splits, quality: int = JPEG_QUALITY,
@@ -76,7 +71,8 @@ def write_noah(folder: "str | os.PathLike", splits: Splits, quality: int = JPEG_
                 bar.update(1)
     lines["train800val200"] = lines["train800"] + lines["val200"]
     for name in LIST_FILES:
-        _atomic_write_text(folder / f"{name}.txt", "".join(lines[name]))
+        # Atomic: a list file exists only when complete, so it doubles as the 'built' marker.
+        atomic_write(folder / f"{name}.txt", "".join(lines[name]))
 
 
 def is_built(folder: "str | os.PathLike") -> bool:

@@ -29,9 +29,10 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from glora.files import atomic_write
 from glora.progress import progress as progress_bar
 
 from . import source
@@ -141,21 +142,14 @@ def backbone_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             for k, v in model.state_dict().items() if not k.startswith("head.")}
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)  # readers see the old file or the complete new one, never a half
-
-
 def save_backbone(model: torch.nn.Module, out_dir: "str | os.PathLike", meta: dict) -> Path:
     """Write backbone.safetensors (no head.*) and backbone.json atomically; returns the former."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_FILE
-    _atomic(weights, lambda p: save_file(backbone_state_dict(model), str(p),
-                                         metadata={"model": meta["model"]}))
-    text = json.dumps(meta, indent=2) + "\n"
-    _atomic(out / META_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+    # Atomic: readers see the old file or the complete new one, never a half.
+    atomic_write(weights, save_safetensors(backbone_state_dict(model), metadata={"model": meta["model"]}))
+    atomic_write(out / META_FILE, json.dumps(meta, indent=2) + "\n")
     return weights
 
 

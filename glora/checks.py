@@ -1,0 +1,105 @@
+"""Settings checked up front, before a model is built or data is read: each flag against its
+valid range, the rank against the targeted layers, the batch size against the training split.
+
+Every failure is a :class:`~glora.errors.ConfigError` whose one line names the flag, the value and
+the valid range.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Mapping, Sequence
+
+from torch import nn
+
+from glora.errors import ConfigError
+
+# kind -> (test, description); a range is (kind, low) with low the least valid value.
+_INT = "an integer >= {low}"
+_NUMBER = "a finite number >= {low}"
+_UNIT = "a number in [0, 1]"
+_FRACTION = "a number in [0, 1)"
+
+COMMON_RANGES = {"rank": (_INT, 1), "input_size": (_INT, 1), "batch_size": (_INT, 1),
+                 "eval_batch_size": (_INT, 1), "drop_path": (_FRACTION, 0)}
+SUPERNET_RANGES = {"epochs": (_INT, 1), "warmup_epochs": (_INT, 0), "eval_every": (_INT, 1),
+                   "save_every": (_INT, 1), "eval_subnets": (_INT, 1), "lr": (_NUMBER, 0),
+                   "weight_decay": (_NUMBER, 0), "warmup_lr": (_NUMBER, 0), "min_lr": (_NUMBER, 0)}
+SEARCH_RANGES = {"param_limits": (_NUMBER, 0), "min_param_limits": (_NUMBER, 0),
+                 "population_num": (_INT, 1), "select_num": (_INT, 1), "mutation_num": (_INT, 0),
+                 "crossover_num": (_INT, 0), "max_epochs": (_INT, 0), "m_prob": (_UNIT, 0),
+                 "plain_tries": (_INT, 0)}
+
+
+def _valid(kind: str, low: float, value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if kind == _INT:
+        return isinstance(value, int) and value >= low
+    if not math.isfinite(value):
+        return False
+    if kind == _UNIT:
+        return 0 <= value <= 1
+    if kind == _FRACTION:
+        return 0 <= value < 1
+    return value >= low
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Destination -> the flag as the user types it (``weight_decay`` -> ``--wd``)."""
+    return {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+
+
+def check_ranges(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                 ranges: Mapping[str, tuple[str, float]]) -> None:
+    """Refuse the first setting outside its range, naming the flag, the value and the range."""
+    flags = flag_names(parser)
+    for dest, (kind, low) in ranges.items():
+        if not hasattr(args, dest):
+            continue
+        value = getattr(args, dest)
+        if not _valid(kind, low, value):
+            raise ConfigError(f"{flags.get(dest, dest)} {value!r}: must be {kind.format(low=low)}")
+
+
+def check_model_kwargs(value: object) -> None:
+    """``--model-kwargs`` / ``model_kwargs`` must be a mapping of ``timm.create_model`` arguments."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"--model-kwargs {value!r}: must be a JSON object (a mapping of "
+                          "timm.create_model arguments, e.g. '{\"depth\": 2}')")
+
+
+def check_common(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """The checks both CLIs share (ranges of shared flags, model kwargs)."""
+    check_ranges(args, parser, COMMON_RANGES)
+    check_model_kwargs(args.model_kwargs)
+
+
+def check_search(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """evolution.py's flags: search counts, probabilities and a budget that is a real range."""
+    check_common(args, parser)
+    check_ranges(args, parser, SEARCH_RANGES)
+    if args.min_param_limits > args.param_limits:
+        raise ConfigError(f"--min-param-limits {args.min_param_limits} is above --param-limits "
+                          f"{args.param_limits}: the budget [min, max] (M parameters) is empty")
+
+
+def check_rank(model: nn.Module, names: Sequence[str], rank: int) -> None:
+    """Refuse a rank above min(in, out) of a targeted layer, before any support is allocated: a
+    higher rank adds parameters but no expressiveness, and a huge one exhausts memory."""
+    shapes = {name: (model.get_submodule(name).in_features, model.get_submodule(name).out_features)
+              for name in names}
+    smallest = min(shapes, key=lambda name: min(shapes[name]), default=None)
+    if smallest is not None and rank > min(shapes[smallest]):
+        fan_in, fan_out = shapes[smallest]
+        raise ConfigError(f"--rank {rank}: must be at most {min(fan_in, fan_out)}, the smaller side of the "
+                          f"targeted layer {smallest} ({fan_in} -> {fan_out}); valid: 1 to {min(fan_in, fan_out)}")
+
+
+def check_batch_size(batch_size: int, images: int, where: str, world_size: int = 1) -> None:
+    """A training batch must fit the split (whole batches only) and split evenly over the ranks."""
+    if batch_size > images:
+        raise ConfigError(f"--batch-size {batch_size} is larger than the {images} images of {where}: "
+                          f"with whole batches only, no step would run; valid: 1 to {images}")
+    if batch_size % world_size:
+        raise ConfigError(f"--batch-size {batch_size} does not split evenly over {world_size} ranks")
