@@ -153,8 +153,18 @@ supernet.cli(sys.argv[4:])
 """
 
 
+@pytest.fixture
+def one_thread():
+    """In-process runs with the subprocess's single thread, so float results match bit for bit
+    (a matrix product summed over two threads rounds differently)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_real_sigterm_mid_epoch_saves_the_start_of_epoch_state(config, tmp_path):
+def test_real_sigterm_mid_epoch_saves_the_start_of_epoch_state(config, tmp_path, one_thread):
     """Fails if supernet.py dies on SIGTERM without saving, or saves the mid-epoch state: a real
     process gets a real SIGTERM two steps into epoch 3."""
     straight, at_epoch_3 = straight_run(config, tmp_path / "straight")
