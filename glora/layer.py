@@ -3,13 +3,36 @@ from __future__ import annotations
 
 import random
 from functools import lru_cache
-from typing import Mapping
+from typing import Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glora.space import SUPPORTS, parse_option, sample_choice, validate_choice
+from glora.space import SUPPORTS, parse_option, support_options, validate_choice
+
+
+class Plan(NamedTuple):
+    """One choice with its options parsed once: ``(kind, k)`` per support, and the choice dict."""
+
+    A: tuple[str, int]
+    B: tuple[str, int]
+    C: tuple[str, int]
+    D: tuple[str, int]
+    E: tuple[str, int]
+    choice: dict
+
+
+@lru_cache(maxsize=8192)
+def _plan(options: tuple[str, ...], rank: int) -> Plan:
+    # Parsed once per distinct (choice, rank); the hot path only looks plans up.
+    parsed = [parse_option(s, option, rank) for s, option in zip(SUPPORTS, options)]
+    return Plan(*parsed, choice=dict(zip(SUPPORTS, options)))
+
+
+def plan_of(choice: Mapping[str, str], rank: int) -> Plan:
+    """The parsed plan of a choice dict (raises ValueError on an invalid option)."""
+    return _plan(tuple(choice[s] for s in SUPPORTS), rank)
 
 
 class ChoiceSampler:
@@ -17,23 +40,64 @@ class ChoiceSampler:
 
     It owns a private ``random.Random``, so neither Python's global ``random`` nor torch's RNG
     is touched, and its state can be checkpointed for an exact resume.
+
+    Layers bound with :meth:`bind` (``set_subnet`` does it, in injection order) get their
+    choices from one draw of the whole subnet, made when the first of them asks in a forward:
+    layer after layer, 5 ``rng.choice`` calls each, exactly the stream of one :meth:`draw` per
+    layer in injection order, but drawn straight into parsed plans.
     """
 
     def __init__(self, seed: int = 0):
         self.rng = random.Random(seed)
+        self._layers: list = []  # bound layers, injection order
+        self._pending: list[Plan | None] = []  # this forward's plans not yet taken, per layer
+        self._options: dict[int, tuple] = {}  # rank -> the five option tuples (draw order)
 
     def draw(self, rank: int) -> dict:
         """A uniform choice from the default space of the given rank."""
-        return sample_choice(self.rng, rank)
+        return dict(self._draw_plan(rank).choice)
+
+    def _draw_plan(self, rank: int) -> Plan:
+        options = self._options.get(rank)
+        if options is None:
+            options = self._options[rank] = tuple(support_options(s, rank) for s in SUPPORTS)
+        choose = self.rng.choice  # as sample_choice: one rng.choice per support, in order
+        return _plan(tuple(choose(opts) for opts in options), rank)
+
+    def bind(self, layers: Sequence["GLoRALinear"]) -> None:
+        """Serve these layers (in forward order) from one subnet draw per forward."""
+        if [id(m) for m in layers] != [id(m) for m in self._layers]:
+            self._layers, self._pending = list(layers), [None] * len(layers)
+        for slot, layer in enumerate(layers):
+            layer._slot = slot
+
+    def next_plan(self, layer: "GLoRALinear") -> Plan:
+        """The plan ``layer`` uses in this forward; a new subnet draw when it has none pending."""
+        slot = layer._slot
+        if slot is None or slot >= len(self._layers) or self._layers[slot] is not layer:
+            return self._draw_plan(layer.rank)  # a layer this sampler does not serve in order
+        plan = self._pending[slot]
+        if plan is None:  # first layer of a new forward: draw every bound layer's plan
+            self._pending = [self._draw_plan(m.rank) for m in self._layers]
+            plan = self._pending[slot]
+        self._pending[slot] = None
+        return plan
 
     def state_dict(self) -> dict:
         """Plain-typed state (lists and ints) for a ``weights_only`` checkpoint."""
         version, internal, gauss = self.rng.getstate()
-        return {"version": version, "internal": list(internal), "gauss": gauss}
+        state = {"version": version, "internal": list(internal), "gauss": gauss}
+        if any(p is not None for p in self._pending):  # only mid-forward: draws not yet used
+            state["pending"] = [None if p is None else dict(p.choice) for p in self._pending]
+        return state
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore a state written by :meth:`state_dict`."""
         self.rng.setstate((state["version"], tuple(state["internal"]), state["gauss"]))
+        pending = list(state.get("pending") or [])
+        pending += [None] * (len(self._layers) - len(pending))
+        self._pending = [None if c is None else plan_of(c, m.rank)
+                         for c, m in zip(pending, self._layers)]
 
 
 class GLoRALinear(nn.Module):
@@ -50,6 +114,20 @@ class GLoRALinear(nn.Module):
 
     Down factors, D and E start at zero, so every choice equals the frozen layer at init.
     ``choice`` is a fixed choice dict, or ``None`` to draw one from ``sampler`` at every forward.
+
+    The forward takes, per choice, the cheapest exact path (``merged_weight_bias`` is the
+    reference formula and what merging uses). Only A = LoRA_k needs W' itself, hence the
+    (out × in) weight-gradient GEMM; otherwise the frozen GEMM ``h = x W0ᵀ`` is shared:
+
+    | support | forward term                          | why exact                          |
+    |---------|---------------------------------------|------------------------------------|
+    | A vector/constant | ``h ⊙ (1 + a)``             | ``x (W0 ⊙ a 1ᵀ)ᵀ = a ⊙ (x W0ᵀ)``   |
+    | B LoRA_k | ``(x Buᵀ) Bdᵀ``                      | low rank                           |
+    | B vector/constant | ``(Σ_j x_j) · b``           | every column of B is ``b``         |
+    | C, D, E | bias only (``W0 · c`` a matrix-vector product) |                           |
+
+    Under autocast (bf16) the weight increments stay on their own path, in their own precision,
+    instead of being rounded into W0 when W' is cast; A = LoRA_k then costs a second GEMM.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rank: int):
@@ -72,6 +150,8 @@ class GLoRALinear(nn.Module):
         self.glora_E = nn.Parameter(torch.empty(out_features, **factory))  # (out,)
         self.choice: dict | None = None
         self.sampler: ChoiceSampler | None = None
+        self._slot: int | None = None  # position among the sampler's bound layers
+        self.last_choice: dict | None = None  # the choice of the latest forward
         self.reset_parameters()
 
     @classmethod
@@ -86,41 +166,122 @@ class GLoRALinear(nn.Module):
         for tensor in (self.glora_Au, self.glora_Bu, self.glora_Cu):
             nn.init.xavier_uniform_(tensor)
 
+    @property
+    def choice(self) -> dict | None:
+        """The fixed choice, or ``None`` in sampling mode."""
+        return self._choice
+
+    @choice.setter
+    def choice(self, choice: Mapping[str, str] | None) -> None:
+        # Validated and parsed once here, so the forward never touches option strings.
+        self._choice = None if choice is None else validate_choice(choice, self.rank)
+        self._fixed_plan = None if choice is None else plan_of(self._choice, self.rank)
+
     def set_choice(self, choice: Mapping[str, str] | None) -> None:
         """Fix this layer's choice (validated), or ``None`` for supernet sampling."""
-        self.choice = None if choice is None else validate_choice(choice, self.rank)
+        self.choice = choice
+
+    def _next_plan(self) -> Plan:
+        if self._fixed_plan is not None:
+            return self._fixed_plan
+        if self.sampler is None:
+            raise RuntimeError("GLoRALinear has no fixed choice and no sampler; call set_subnet first")
+        return self.sampler.next_plan(self)
 
     def current_choice(self) -> dict:
         """The fixed choice, or a fresh draw from the sampler."""
-        if self.choice is not None:
-            return self.choice
-        if self.sampler is None:
-            raise RuntimeError("GLoRALinear has no fixed choice and no sampler; call set_subnet first")
-        return self.sampler.draw(self.rank)
+        return dict(self._next_plan().choice)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.merged_weight_bias(self.current_choice())
-        return F.linear(x, weight, bias)
+        plan = self._next_plan()
+        self.last_choice = plan.choice
+        # b' = b0 + b0 ⊙ D + E + W0 · C (out,): always fused into the frozen GEMM, so that under
+        # autocast it is rounded once, at the scale of b', with the GEMM's fp32 accumulator.
+        bias = _sum(self.bias, self._bias_increment(plan))
+        lowp = torch.is_autocast_enabled(x.device.type)
+        if plan.A[0] == "lora" and not lowp:  # W0 ⊙ A is full rank: materialise W'
+            return F.linear(x, self._weight_increment(plan, self.weight), bias)
+        x2 = x.reshape(-1, self.in_features)  # (T, in)
+        if lowp:  # cast once, not once per op that reads it (up to three)
+            x2 = x2.to(torch.get_autocast_dtype(x.device.type))
+        if plan.A[0] == "lora":
+            # Autocast: y = (x W0ᵀ + b') + x ΔWᵀ, a second GEMM on the increment ΔW = W0 ⊙ A + B.
+            # Casting W0 + ΔW to bf16 would round ΔW to a step of |W0| (about 0.4 %).
+            y = torch.addmm(F.linear(x2, self.weight, bias), x2, self._weight_increment(plan, None).t())
+            return y.reshape(*x.shape[:-1], self.out_features)
+        a = _factor(plan.A, self.glora_Ad, None)
+        if a is None:
+            y = F.linear(x2, self.weight, bias)  # the frozen GEMM, bias fused
+        else:
+            # x (W0 ⊙ a 1ᵀ)ᵀ = (x W0ᵀ) ⊙ a: share the frozen GEMM, h (T, out) is kept for a's grad.
+            # The scale is an fp32 (out,) vector, so under autocast 1 + a is not rounded to bf16
+            # (which would drop a small a) and h(1 + a) + b' is rounded once, by the cast.
+            a = (a.squeeze(1) if a.dim() else a).expand(self.out_features)  # (out,)
+            if not lowp:
+                h = F.linear(x2, self.weight)
+                y = h * (1 + a) if bias is None else torch.addcmul(bias, h, 1 + a)
+            else:
+                g = F.linear(x2, self.weight, bias)
+                y = torch.addcmul(g, g if bias is None else g - bias, a).to(g.dtype)
+        return self._add_b(y, x2, plan.B).reshape(*x.shape[:-1], self.out_features)
+
+    def _weight_increment(self, plan: Plan, base: torch.Tensor | None) -> torch.Tensor:
+        """``base + W0 ⊙ A + B`` (out, in) for A = LoRA_k; ``base`` None gives the increment."""
+        kind, k = plan.A
+        a = self.glora_Ad[:, :k] @ self.glora_Au[:k]  # (out, in)
+        w0 = self.weight
+        w = w0 * a if base is None else torch.addcmul(base, w0, a)
+        kind, k = plan.B
+        if kind == "lora":
+            return torch.addmm(w, self.glora_Bd[:, :k], self.glora_Bu[:k])
+        b = _factor(plan.B, self.glora_Bd, None)
+        return w if b is None else w + b
+
+    def _add_b(self, y: torch.Tensor, x2: torch.Tensor, option: tuple[str, int]) -> torch.Tensor:
+        """``y + x Bᵀ`` without forming B: (T, out) + low-rank or row-sum terms."""
+        kind, k = option
+        if kind == "lora":
+            t = F.linear(x2, self.glora_Bu[:k])  # (T, k)
+            return torch.addmm(y, t, self.glora_Bd[:, :k].t())
+        if kind == "none":
+            return y
+        rows = x2.sum(dim=1, keepdim=True).to(y.dtype)  # (T, 1): x Bᵀ = (Σ_j x_j) b for every column b
+        b = self.glora_Bd[:, 0] if kind == "vector" else self.glora_Bd[0, 0]
+        return torch.addcmul(y, rows, b.to(y.dtype))
+
+    def _bias_increment(self, plan: Plan) -> torch.Tensor | None:
+        """``b0 ⊙ D + E + W0 · C`` (out,), or None when the choice adds nothing to the bias."""
+        inc = None
+        d = _vector(plan.D, self.glora_D)
+        if d is not None and self.bias is not None:  # without a bias, D has nothing to scale
+            inc = self.bias * d
+        e = _vector(plan.E, self.glora_E)
+        if e is not None:
+            inc = _sum(inc, e.expand(self.out_features))
+        c = _factor(plan.C, self.glora_Cd, self.glora_Cu)
+        if c is not None:
+            inc = _sum(inc, (self.weight @ c).squeeze(1))  # (out,in)@(in,1) -> (out,)
+        return inc
 
     def merged_weight_bias(self, choice: Mapping[str, str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(W', b')`` for a choice, computed from W0/b0; ``none`` supports cost nothing."""
-        opts = _parsed(tuple((s, choice[s]) for s in SUPPORTS), self.rank)
+        opts = plan_of(choice, self.rank)
         w0, b0 = self.weight, self.bias
         weight = w0
-        a = _factor(opts["A"], self.glora_Ad, self.glora_Au)
+        a = _factor(opts.A, self.glora_Ad, self.glora_Au)
         if a is not None:
             weight = weight + w0 * a  # a: (out,in), (out,1) or scalar
-        b = _factor(opts["B"], self.glora_Bd, self.glora_Bu)
+        b = _factor(opts.B, self.glora_Bd, self.glora_Bu)
         if b is not None:
             weight = weight + b
         bias = b0
-        d = _vector(opts["D"], self.glora_D)
+        d = _vector(opts.D, self.glora_D)
         if d is not None and b0 is not None:  # without a bias, D has nothing to scale
             bias = bias + b0 * d
-        e = _vector(opts["E"], self.glora_E)
+        e = _vector(opts.E, self.glora_E)
         if e is not None:
             bias = e.expand(self.out_features) if bias is None else bias + e
-        c = _factor(opts["C"], self.glora_Cd, self.glora_Cu)
+        c = _factor(opts.C, self.glora_Cd, self.glora_Cu)
         if c is not None:
             wc = (w0 @ c).squeeze(1)  # (out,in)@(in,1) -> (out,)
             bias = wc if bias is None else bias + wc
@@ -129,6 +290,13 @@ class GLoRALinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, rank={self.rank}, choice={self.choice}")
+
+
+def _sum(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """``a + b`` where None means zero (no tensor op when one side is absent)."""
+    if a is None:
+        return b
+    return a if b is None else a + b
 
 
 def _factor(parsed: tuple[str, int], down: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
@@ -191,9 +359,3 @@ def merged_linear(layer: GLoRALinear) -> nn.Linear:
             linear.bias.copy_(bias)
     linear.requires_grad_(False)
     return linear
-
-
-@lru_cache(maxsize=4096)
-def _parsed(choice_items: tuple, rank: int) -> dict:
-    # Parsing the option strings once per distinct choice keeps string work off the hot path.
-    return {s: parse_option(s, option, rank) for s, option in choice_items}
