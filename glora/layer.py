@@ -1,103 +1,14 @@
 """The GLoRA linear layer: one frozen linear plus the shared storage of its five supports."""
 from __future__ import annotations
 
-import random
-from functools import lru_cache
-from typing import Mapping, NamedTuple, Sequence
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glora.space import SUPPORTS, parse_option, support_options, validate_choice
-
-
-class Plan(NamedTuple):
-    """One choice with its options parsed once: ``(kind, k)`` per support, and the choice dict."""
-
-    A: tuple[str, int]
-    B: tuple[str, int]
-    C: tuple[str, int]
-    D: tuple[str, int]
-    E: tuple[str, int]
-    choice: dict
-
-
-@lru_cache(maxsize=8192)
-def _plan(options: tuple[str, ...], rank: int) -> Plan:
-    # Parsed once per distinct (choice, rank); the hot path only looks plans up.
-    parsed = [parse_option(s, option, rank) for s, option in zip(SUPPORTS, options)]
-    return Plan(*parsed, choice=dict(zip(SUPPORTS, options)))
-
-
-def plan_of(choice: Mapping[str, str], rank: int) -> Plan:
-    """The parsed plan of a choice dict (raises ValueError on an invalid option)."""
-    return _plan(tuple(choice[s] for s in SUPPORTS), rank)
-
-
-class ChoiceSampler:
-    """Seeded source of per-layer choices for supernet mode.
-
-    It owns a private ``random.Random``, so neither Python's global ``random`` nor torch's RNG
-    is touched, and its state can be checkpointed for an exact resume.
-
-    Layers bound with :meth:`bind` (``set_subnet`` does it, in injection order) get their
-    choices from one draw of the whole subnet, made when the first of them asks in a forward:
-    layer after layer, 5 ``rng.choice`` calls each, exactly the stream of one :meth:`draw` per
-    layer in injection order, but drawn straight into parsed plans.
-    """
-
-    def __init__(self, seed: int = 0):
-        self.rng = random.Random(seed)
-        self._layers: list = []  # bound layers, injection order
-        self._pending: list[Plan | None] = []  # this forward's plans not yet taken, per layer
-        self._options: dict[int, tuple] = {}  # rank -> the five option tuples (draw order)
-
-    def draw(self, rank: int) -> dict:
-        """A uniform choice from the default space of the given rank."""
-        return dict(self._draw_plan(rank).choice)
-
-    def _draw_plan(self, rank: int) -> Plan:
-        options = self._options.get(rank)
-        if options is None:
-            options = self._options[rank] = tuple(support_options(s, rank) for s in SUPPORTS)
-        choose = self.rng.choice  # as sample_choice: one rng.choice per support, in order
-        return _plan(tuple(choose(opts) for opts in options), rank)
-
-    def bind(self, layers: Sequence["GLoRALinear"]) -> None:
-        """Serve these layers (in forward order) from one subnet draw per forward."""
-        if [id(m) for m in layers] != [id(m) for m in self._layers]:
-            self._layers, self._pending = list(layers), [None] * len(layers)
-        for slot, layer in enumerate(layers):
-            layer._slot = slot
-
-    def next_plan(self, layer: "GLoRALinear") -> Plan:
-        """The plan ``layer`` uses in this forward; a new subnet draw when it has none pending."""
-        slot = layer._slot
-        if slot is None or slot >= len(self._layers) or self._layers[slot] is not layer:
-            return self._draw_plan(layer.rank)  # a layer this sampler does not serve in order
-        plan = self._pending[slot]
-        if plan is None:  # first layer of a new forward: draw every bound layer's plan
-            self._pending = [self._draw_plan(m.rank) for m in self._layers]
-            plan = self._pending[slot]
-        self._pending[slot] = None
-        return plan
-
-    def state_dict(self) -> dict:
-        """Plain-typed state (lists and ints) for a ``weights_only`` checkpoint."""
-        version, internal, gauss = self.rng.getstate()
-        state = {"version": version, "internal": list(internal), "gauss": gauss}
-        if any(p is not None for p in self._pending):  # only mid-forward: draws not yet used
-            state["pending"] = [None if p is None else dict(p.choice) for p in self._pending]
-        return state
-
-    def load_state_dict(self, state: Mapping) -> None:
-        """Restore a state written by :meth:`state_dict`."""
-        self.rng.setstate((state["version"], tuple(state["internal"]), state["gauss"]))
-        pending = list(state.get("pending") or [])
-        pending += [None] * (len(self._layers) - len(pending))
-        self._pending = [None if c is None else plan_of(c, m.rank)
-                         for c, m in zip(pending, self._layers)]
+from glora.sampler import ChoiceSampler, Plan, plan_of
+from glora.space import parse_option, validate_choice
 
 
 class GLoRALinear(nn.Module):
@@ -195,8 +106,8 @@ class GLoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plan = self._next_plan()
         self.last_choice = plan.choice
-        # b' = b0 + b0 ⊙ D + E + W0 · C (out,): always fused into the frozen GEMM, so that under
-        # autocast it is rounded once, at the scale of b', with the GEMM's fp32 accumulator.
+        # b' = b0 + b0 ⊙ D + E + W0 · C (out,), always fused into the frozen GEMM: under autocast
+        # it is then rounded once, at the scale of b', with the GEMM's fp32 accumulator.
         bias = _sum(self.bias, self._bias_increment(plan))
         lowp = torch.is_autocast_enabled(x.device.type)
         if plan.A[0] == "lora" and not lowp:  # W0 ⊙ A is full rank: materialise W'
@@ -205,25 +116,27 @@ class GLoRALinear(nn.Module):
         if lowp:  # cast once, not once per op that reads it (up to three)
             x2 = x2.to(torch.get_autocast_dtype(x.device.type))
         if plan.A[0] == "lora":
-            # Autocast: y = (x W0ᵀ + b') + x ΔWᵀ, a second GEMM on the increment ΔW = W0 ⊙ A + B.
-            # Casting W0 + ΔW to bf16 would round ΔW to a step of |W0| (about 0.4 %).
-            y = torch.addmm(F.linear(x2, self.weight, bias), x2, self._weight_increment(plan, None).t())
-            return y.reshape(*x.shape[:-1], self.out_features)
-        a = _factor(plan.A, self.glora_Ad, None)
-        if a is None:
-            y = F.linear(x2, self.weight, bias)  # the frozen GEMM, bias fused
+            # Autocast: y = (x W0ᵀ + b') + x ΔWᵀ, a second GEMM on ΔW = W0 ⊙ A + B, because
+            # casting W0 + ΔW to bf16 would round ΔW to a step of |W0| (about 0.4 %).
+            delta = self._weight_increment(plan, None)  # (out, in)
+            y = torch.addmm(F.linear(x2, self.weight, bias), x2, delta.t())
         else:
-            # x (W0 ⊙ a 1ᵀ)ᵀ = (x W0ᵀ) ⊙ a: share the frozen GEMM, h (T, out) is kept for a's grad.
-            # The scale is an fp32 (out,) vector, so under autocast 1 + a is not rounded to bf16
-            # (which would drop a small a) and h(1 + a) + b' is rounded once, by the cast.
-            a = (a.squeeze(1) if a.dim() else a).expand(self.out_features)  # (out,)
-            if not lowp:
-                h = F.linear(x2, self.weight)
-                y = h * (1 + a) if bias is None else torch.addcmul(bias, h, 1 + a)
-            else:
-                g = F.linear(x2, self.weight, bias)
-                y = torch.addcmul(g, g if bias is None else g - bias, a).to(g.dtype)
-        return self._add_b(y, x2, plan.B).reshape(*x.shape[:-1], self.out_features)
+            y = self._add_b(self._scaled_frozen(x2, plan.A, bias), x2, plan.B)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _scaled_frozen(self, x2: torch.Tensor, option: tuple[str, int],
+                       bias: torch.Tensor | None) -> torch.Tensor:
+        """``x (W0 + W0 ⊙ A)ᵀ + b'`` (T, out) for A vector, constant or none: one frozen GEMM."""
+        a = _factor(option, self.glora_Ad, None)  # (out, 1), scalar or None
+        if a is None:
+            return F.linear(x2, self.weight, bias)
+        # x (W0 ⊙ a 1ᵀ)ᵀ = (x W0ᵀ) ⊙ a. The scale stays an fp32 (out,) vector, so under autocast
+        # 1 + a is not rounded to bf16 (which would drop a small a) and h (1 + a) + b' is
+        # computed in fp32 and rounded once, by the cast. h is kept for the gradient of a.
+        scale = 1 + (a.squeeze(1) if a.dim() else a).expand(self.out_features)  # (out,)
+        h = F.linear(x2, self.weight)  # (T, out)
+        y = h * scale if bias is None else torch.addcmul(bias, h, scale)
+        return y.to(h.dtype)  # a no-op in fp32
 
     def _weight_increment(self, plan: Plan, base: torch.Tensor | None) -> torch.Tensor:
         """``base + W0 ⊙ A + B`` (out, in) for A = LoRA_k; ``base`` None gives the increment."""
