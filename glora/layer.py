@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glora.ops import frozen_linear
 from glora.sampler import ChoiceSampler, Plan, plan_of
 from glora.space import parse_option, validate_choice
 
@@ -110,9 +111,11 @@ class GLoRALinear(nn.Module):
         # it is then rounded once, at the scale of b', with the GEMM's fp32 accumulator.
         bias = _sum(self.bias, self._bias_increment(plan))
         lowp = torch.is_autocast_enabled(x.device.type)
+        if self.weight.requires_grad:  # a trainable W0 needs its gradient: the reference formula
+            return F.linear(x, *self.merged_weight_bias(plan.choice))
         if plan.A[0] == "lora" and not lowp:  # W0 ⊙ A is full rank: materialise W'
             return F.linear(x, self._weight_increment(plan, self.weight), bias)
-        x2 = x.reshape(-1, self.in_features)  # (T, in)
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (T, in)
         if lowp:  # cast once, not once per op that reads it (up to three)
             x2 = x2.to(torch.get_autocast_dtype(x.device.type))
         if plan.A[0] == "lora":
@@ -120,47 +123,40 @@ class GLoRALinear(nn.Module):
             # casting W0 + ΔW to bf16 would round ΔW to a step of |W0| (about 0.4 %).
             delta = self._weight_increment(plan, None)  # (out, in)
             y = torch.addmm(F.linear(x2, self.weight, bias), x2, delta.t())
-        else:
-            y = self._add_b(self._scaled_frozen(x2, plan.A, bias), x2, plan.B)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        else:  # (x W0ᵀ) ⊙ (1 + a) + b' + x Bᵀ around one frozen GEMM
+            y = frozen_linear(x2, self.weight, bias, self._scale(plan.A[0]), *self._b_terms(x2, plan.B))
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
-    def _scaled_frozen(self, x2: torch.Tensor, option: tuple[str, int],
-                       bias: torch.Tensor | None) -> torch.Tensor:
-        """``x (W0 + W0 ⊙ A)ᵀ + b'`` (T, out) for A vector, constant or none: one frozen GEMM."""
-        a = _factor(option, self.glora_Ad, None)  # (out, 1), scalar or None
-        if a is None:
-            return F.linear(x2, self.weight, bias)
-        # x (W0 ⊙ a 1ᵀ)ᵀ = (x W0ᵀ) ⊙ a. The scale stays an fp32 (out,) vector, so under autocast
-        # 1 + a is not rounded to bf16 (which would drop a small a) and h (1 + a) + b' is
-        # computed in fp32 and rounded once, by the cast. h is kept for the gradient of a.
-        scale = 1 + (a.squeeze(1) if a.dim() else a).expand(self.out_features)  # (out,)
-        h = F.linear(x2, self.weight)  # (T, out)
-        y = h * scale if bias is None else torch.addcmul(bias, h, scale)
-        return y.to(h.dtype)  # a no-op in fp32
+    def _scale(self, kind: str) -> torch.Tensor | None:
+        """``1 + a`` (out,) for A vector/constant: x (W0 ⊙ a 1ᵀ)ᵀ = (x W0ᵀ) ⊙ a; None for none."""
+        if kind == "vector":
+            return self.glora_Ad[:, 0] + 1  # the first column
+        if kind == "constant":
+            return (self.glora_Ad[0, 0] + 1).expand(self.out_features)
+        return None
+
+    def _b_terms(self, x2: torch.Tensor, option: tuple[str, int]) -> tuple:
+        """``(t, u)`` with x Bᵀ = t u, B never formed: (T, k) x (k, out) or (T, 1) x (1, out)."""
+        kind, k = option
+        if kind == "lora":
+            return F.linear(x2, _lead(self.glora_Bu, k, 0)), _lead(self.glora_Bd, k, 1).t()
+        if kind == "none":
+            return None, None
+        # Every column of B is b: x Bᵀ = (Σ_j x_j) bᵀ, a rank-1 product.
+        b = self.glora_Bd[:, 0] if kind == "vector" else self.glora_Bd[0, 0].expand(self.out_features)
+        return x2.sum(dim=1, keepdim=True), b.unsqueeze(0)
 
     def _weight_increment(self, plan: Plan, base: torch.Tensor | None) -> torch.Tensor:
         """``base + W0 ⊙ A + B`` (out, in) for A = LoRA_k; ``base`` None gives the increment."""
         kind, k = plan.A
-        a = self.glora_Ad[:, :k] @ self.glora_Au[:k]  # (out, in)
+        a = _lead(self.glora_Ad, k, 1) @ _lead(self.glora_Au, k, 0)  # (out, in)
         w0 = self.weight
         w = w0 * a if base is None else torch.addcmul(base, w0, a)
         kind, k = plan.B
         if kind == "lora":
-            return torch.addmm(w, self.glora_Bd[:, :k], self.glora_Bu[:k])
+            return torch.addmm(w, _lead(self.glora_Bd, k, 1), _lead(self.glora_Bu, k, 0))
         b = _factor(plan.B, self.glora_Bd, None)
         return w if b is None else w + b
-
-    def _add_b(self, y: torch.Tensor, x2: torch.Tensor, option: tuple[str, int]) -> torch.Tensor:
-        """``y + x Bᵀ`` without forming B: (T, out) + low-rank or row-sum terms."""
-        kind, k = option
-        if kind == "lora":
-            t = F.linear(x2, self.glora_Bu[:k])  # (T, k)
-            return torch.addmm(y, t, self.glora_Bd[:, :k].t())
-        if kind == "none":
-            return y
-        rows = x2.sum(dim=1, keepdim=True).to(y.dtype)  # (T, 1): x Bᵀ = (Σ_j x_j) b for every column b
-        b = self.glora_Bd[:, 0] if kind == "vector" else self.glora_Bd[0, 0]
-        return torch.addcmul(y, rows, b.to(y.dtype))
 
     def _bias_increment(self, plan: Plan) -> torch.Tensor | None:
         """``b0 ⊙ D + E + W0 · C`` (out,), or None when the choice adds nothing to the bias."""
@@ -210,6 +206,11 @@ def _sum(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     if a is None:
         return b
     return a if b is None else a + b
+
+
+def _lead(factor: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """The leading k rows (dim 0) or columns (dim 1) of a factor; itself when k is the rank."""
+    return factor if factor.shape[dim] == k else factor.narrow(dim, 0, k)
 
 
 def _factor(parsed: tuple[str, int], down: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:

@@ -87,6 +87,19 @@ def test_lora_k_below_rank_paths_equal_the_formula(k):
                 assert rel_err(ours[key], want) <= 1e-5, (choice, key)
 
 
+def test_a_trainable_frozen_weight_still_gets_its_exact_gradient():
+    """Fails if a fast path (which treats W0 as frozen) silently drops the gradient of a W0 that
+    a user made trainable."""
+    layer = make_layer(True)
+    layer.weight.requires_grad_(True)
+    x, gy = torch.randn(5, 12), torch.randn(5, 10)
+    for choice in (dict(NONE, A="vector", B="LoRA_4"), dict(NONE, E="vector"), NONE):
+        layer.set_choice(choice)
+        got = torch.autograd.grad((layer(x) * gy).sum(), layer.weight)[0]
+        want = torch.autograd.grad((materialised(layer, x, choice) * gy).sum(), layer.weight)[0]
+        assert rel_err(got, want) <= 1e-6, choice
+
+
 def test_unused_supports_stay_out_of_the_graph_in_a_model_step():
     """Fails if a step builds graph through supports the sampled choice does not read (their
     .grad would be a zero tensor instead of None, and they would cost backward work)."""
