@@ -136,15 +136,15 @@ class GLoRALinear(nn.Module):
         return None
 
     def _b_terms(self, x2: torch.Tensor, option: tuple[str, int]) -> tuple:
-        """``(t, u)`` with x Bᵀ = t u, B never formed: (T, k) x (k, out) or (T, 1) x (1, out)."""
+        """``(d, u)`` with B = dᵀ u, never formed: (k, in) and (k, out) factors."""
         kind, k = option
         if kind == "lora":
-            return F.linear(x2, _lead(self.glora_Bu, k, 0)), _lead(self.glora_Bd, k, 1).t()
+            return _lead(self.glora_Bu, k, 0), _lead(self.glora_Bd, k, 1).t()
         if kind == "none":
             return None, None
-        # Every column of B is b: x Bᵀ = (Σ_j x_j) bᵀ, a rank-1 product.
+        # Every column of B is b: B = b 1ᵀ, rank 1, and x Bᵀ = (Σ_j x_j) bᵀ.
         b = self.glora_Bd[:, 0] if kind == "vector" else self.glora_Bd[0, 0].expand(self.out_features)
-        return x2.sum(dim=1, keepdim=True), b.unsqueeze(0)
+        return x2.new_ones(1, self.in_features), b.unsqueeze(0)
 
     def _weight_increment(self, plan: Plan, base: torch.Tensor | None) -> torch.Tensor:
         """``base + W0 ⊙ A + B`` (out, in) for A = LoRA_k; ``base`` None gives the increment."""

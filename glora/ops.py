@@ -1,15 +1,17 @@
 """The frozen GEMM shared by every GLoRA choice but A = LoRA_k, with a backward written out.
 
-``frozen_linear(x, W0, b, s, t, u) = (x W0ᵀ) ⊙ s + b + t u``: x (T, in), W0 (out, in) frozen,
-b (out,), s (out,) the scale 1 + A of A = vector/constant, t (T, k) and u (k, out) a low-rank
-(B = LoRA_k: t = x Buᵀ, u = Bdᵀ) or rank-1 (B = vector/constant: t = Σ_j x_j, u = bᵀ) term;
-b, s, t, u are optional. Autograd's own formulas for the same ops spend extra (T, out) passes
-(addcmul's backward forms h·1, mul's forms gy·s before the GEMM) and pick slow GEMM layouts for
-skinny factors on the CPU; here every gradient is one GEMM, GEMV or fused reduction:
+``frozen_linear(x, W0, b, s, d, u) = (x W0ᵀ) ⊙ s + b + (x dᵀ) u``: x (T, in), W0 (out, in)
+frozen, b (out,), s (out,) the scale 1 + A of A = vector/constant, and a low-rank term with
+d (k, in), u (k, out): B = LoRA_k is d = Bu, u = Bdᵀ; B = vector/constant is rank 1, d = 1ᵀ
+(row sums of x) and u = bᵀ. b, s, d, u are optional. Autograd's own formulas for the same ops
+spend extra (T, out) or (T, in) passes (addcmul's backward forms h·1, mul's forms gy·s before
+the GEMM, the low-rank dx is formed apart and then added) and pick slow GEMM layouts for
+skinny factors on the CPU; here:
 
-    dx = gy (W0 ⊙ s 1ᵀ)      the scale applied to the (out, in) weight, not to gy (T, out)
-    ds = Σ_t gy ⊙ h          h = x W0ᵀ, kept from the forward
-    db = 1ᵀ gy,  dt = (u gyᵀ)ᵀ,  du = tᵀ gy
+    dx = gy (W0 ⊙ s 1ᵀ) + dt d    the scale applied to the (out, in) weight, not to gy (T, out);
+                                  the low-rank part added in place by the same GEMM call
+    ds = Σ_t gy ⊙ h               h = x W0ᵀ, kept from the forward
+    db = 1ᵀ gy,  dt = (u gyᵀ)ᵀ,  du = tᵀ gy,  dd = dtᵀ x     with t = x dᵀ (T, k)
 
 Under autocast the forward's GEMMs run in the autocast dtype (x arrives cast); the backward,
 which autocast does not cover, casts the small operands to the gradient's dtype and reduces
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 class _FrozenLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, scale, t, up):
+    def forward(ctx, x, weight, bias, scale, down, up):
         if scale is None:
             h = None
             y = F.linear(x, weight, bias)  # (T, out), bias fused
@@ -33,31 +35,36 @@ class _FrozenLinear(torch.autograd.Function):
             # are fp32), so a small a is not rounded away, and rounded once by the cast.
             y = h * scale if bias is None else torch.addcmul(bias, h, scale)
             y = y.to(h.dtype)
-        if t is not None:
-            y.addmm_(t.to(y.dtype), up.to(y.dtype))  # (T, k) @ (k, out), in place
-        ctx.save_for_backward(weight, scale, h, t, up)
+        t = None
+        if down is not None:
+            t = F.linear(x, down.to(x.dtype))  # (T, k)
+            y.addmm_(t, up.to(y.dtype))  # (T, k) @ (k, out), in place
+        ctx.save_for_backward(x if down is not None else None, weight, scale, h, down, t, up)
         ctx.bias_dtype = None if bias is None else bias.dtype
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        weight, scale, h, t, up = ctx.saved_tensors
-        need_x, _, need_b, need_s, need_t, need_u = ctx.needs_input_grad
-        dx = db = ds = dt = du = None
+        x, weight, scale, h, down, t, up = ctx.saved_tensors
+        need_x, _, need_b, need_s, need_d, need_u = ctx.needs_input_grad
+        dx = db = ds = dd = du = None
+        dt = None if down is None else (up.to(gy.dtype) @ gy.t()).t()  # (T, k): the fast layout
         if need_x:
             w = weight if scale is None else weight * scale.unsqueeze(1)  # (out, in)
             dx = gy @ w.to(gy.dtype)
+            if dt is not None:
+                dx.addmm_(dt, down.to(dx.dtype))
         if need_b:
             db = _column_sums(gy).to(ctx.bias_dtype)
         if need_s:  # fp32: one fused multiply-reduce; bf16: products summed in fp32
             ds = torch.linalg.vecdot(gy, h, dim=0) if gy.dtype == torch.float32 else \
                 (gy * h).sum(0, dtype=torch.float32)
             ds = ds.to(scale.dtype)
-        if need_t:
-            dt = (up.to(gy.dtype) @ gy.t()).t()  # (T, k) from (k, out) @ (out, T): the fast layout
+        if need_d:
+            dd = (dt.t() @ x).to(down.dtype)  # (k, in)
         if need_u:
-            du = (t.t().to(gy.dtype) @ gy).to(up.dtype)  # (k, out)
-        return dx, None, db, ds, dt, du
+            du = (t.t() @ gy).to(up.dtype)  # (k, out)
+        return dx, None, db, ds, dd, du
 
 
 def _column_sums(gy: torch.Tensor) -> torch.Tensor:
@@ -68,7 +75,7 @@ def _column_sums(gy: torch.Tensor) -> torch.Tensor:
 
 
 def frozen_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  scale: torch.Tensor | None = None, t: torch.Tensor | None = None,
+                  scale: torch.Tensor | None = None, down: torch.Tensor | None = None,
                   up: torch.Tensor | None = None) -> torch.Tensor:
-    """``(x W0ᵀ) ⊙ scale + bias + t up`` (T, out) for 2-D x; ``weight`` gets no gradient."""
-    return _FrozenLinear.apply(x, weight, bias, scale, t, up)
+    """``(x W0ᵀ) ⊙ scale + bias + (x downᵀ) up`` (T, out) for 2-D x; ``weight`` gets no gradient."""
+    return _FrozenLinear.apply(x, weight, bias, scale, down, up)
