@@ -26,7 +26,14 @@ import torch.nn.functional as F
 class _FrozenLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, scale, down, up):
-        if scale is None:
+        folded = scale is None and down is not None and not torch.is_autocast_enabled(x.device.type)
+        if folded:
+            # fp32 with no scale: B (out, in) = uᵀ d joins the frozen weight, so one GEMM gives
+            # y and the backward's dx GEMM includes B; no (T, out) or (T, in) pass for it. Not
+            # under autocast, where the cast of W0 + B would round B to a step of |W0|.
+            h = None
+            y = F.linear(x, torch.addmm(weight, up.t(), down), bias)
+        elif scale is None:
             h = None
             y = F.linear(x, weight, bias)  # (T, out), bias fused
         else:
@@ -37,10 +44,12 @@ class _FrozenLinear(torch.autograd.Function):
             y = y.to(h.dtype)
         t = None
         if down is not None:
-            t = F.linear(x, down.to(x.dtype))  # (T, k)
-            y.addmm_(t, up.to(y.dtype))  # (T, k) @ (k, out), in place
-        ctx.save_for_backward(x if down is not None else None, weight, scale, h, down, t, up)
-        ctx.bias_dtype = None if bias is None else bias.dtype
+            t = F.linear(x, down.to(x.dtype))  # (T, k), kept for du = tᵀ gy
+            if not folded:
+                y.addmm_(t, up.to(y.dtype))  # (T, k) @ (k, out), in place
+        keep_x = down is not None and ctx.needs_input_grad[4]  # only dd = dtᵀ x reads x
+        ctx.save_for_backward(x if keep_x else None, weight, scale, h, down, t, up)
+        ctx.bias_dtype, ctx.folded = None if bias is None else bias.dtype, folded
         return y
 
     @staticmethod
@@ -50,21 +59,37 @@ class _FrozenLinear(torch.autograd.Function):
         dx = db = ds = dd = du = None
         dt = None if down is None else (up.to(gy.dtype) @ gy.t()).t()  # (T, k): the fast layout
         if need_x:
-            w = weight if scale is None else weight * scale.unsqueeze(1)  # (out, in)
-            dx = gy @ w.to(gy.dtype)
-            if dt is not None:
-                dx.addmm_(dt, down.to(dx.dtype))
+            if ctx.folded:
+                dx = gy @ torch.addmm(weight, up.t(), down)  # (W0 + B), re-formed: (out, in)
+            else:
+                w = weight if scale is None else weight * scale.unsqueeze(1)  # (out, in)
+                dx = gy @ w.to(gy.dtype)
+                if dt is not None:
+                    dx.addmm_(dt, down.to(dx.dtype))
         if need_b:
             db = _column_sums(gy).to(ctx.bias_dtype)
-        if need_s:  # fp32: one fused multiply-reduce; bf16: products summed in fp32
-            ds = torch.linalg.vecdot(gy, h, dim=0) if gy.dtype == torch.float32 else \
-                (gy * h).sum(0, dtype=torch.float32)
-            ds = ds.to(scale.dtype)
+        if need_s:
+            ds = _column_dots(gy, h).to(scale.dtype)
         if need_d:
             dd = (dt.t() @ x).to(down.dtype)  # (k, in)
         if need_u:
             du = (t.t() @ gy).to(up.dtype)  # (k, out)
         return dx, None, db, ds, dd, du
+
+
+def _column_dots(gy: torch.Tensor, h: torch.Tensor, rows: int = 256) -> torch.Tensor:
+    """Σ_t gy[t] ⊙ h[t] (out,), summed in fp32.
+
+    On the CPU in blocks of rows: a whole (T, out) product would be a fresh allocation, which
+    the CPU allocator page-faults and zeroes anew each step (about twice the time of the
+    product); a block stays in cache. Elsewhere one product and one reduction.
+    """
+    if gy.device.type != "cpu":
+        return (gy * h).sum(0, dtype=torch.float32)
+    total = torch.zeros(gy.shape[1], dtype=torch.float32, device=gy.device)
+    for g, v in zip(gy.split(rows), h.split(rows)):
+        total += (g * v).sum(0, dtype=torch.float32)
+    return total
 
 
 def _column_sums(gy: torch.Tensor) -> torch.Tensor:
