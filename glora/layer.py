@@ -38,8 +38,10 @@ class GLoRALinear(nn.Module):
     | B vector/constant | ``(Σ_j x_j) · b``           | every column of B is ``b``         |
     | C, D, E | bias only (``W0 · c`` a matrix-vector product) |                           |
 
-    Under autocast (bf16) the weight increments stay on their own path, in their own precision,
-    instead of being rounded into W0 when W' is cast; A = LoRA_k then costs a second GEMM.
+    (glora/ops.py does this around one frozen GEMM, with its backward written out; in fp32 with
+    A = none it folds B into that GEMM's weight.) Under autocast (bf16) the weight increments
+    stay on their own path, in their own precision, instead of being rounded into W0 when W' is
+    cast; A = LoRA_k then costs a second GEMM.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rank: int):
@@ -107,12 +109,12 @@ class GLoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plan = self._next_plan()
         self.last_choice = plan.choice
+        if self.weight.requires_grad:  # a trainable W0 needs its gradient: the reference formula
+            return F.linear(x, *self.merged_weight_bias(plan.choice))
         # b' = b0 + b0 ⊙ D + E + W0 · C (out,), always fused into the frozen GEMM: under autocast
         # it is then rounded once, at the scale of b', with the GEMM's fp32 accumulator.
         bias = _sum(self.bias, self._bias_increment(plan))
         lowp = torch.is_autocast_enabled(x.device.type)
-        if self.weight.requires_grad:  # a trainable W0 needs its gradient: the reference formula
-            return F.linear(x, *self.merged_weight_bias(plan.choice))
         if plan.A[0] == "lora" and not lowp:  # W0 ⊙ A is full rank: materialise W'
             return F.linear(x, self._weight_increment(plan, self.weight), bias)
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (T, in)
@@ -136,7 +138,7 @@ class GLoRALinear(nn.Module):
         return None
 
     def _b_terms(self, x2: torch.Tensor, option: tuple[str, int]) -> tuple:
-        """``(d, u)`` with B = dᵀ u, never formed: (k, in) and (k, out) factors."""
+        """``(d, u)`` with x Bᵀ = (x dᵀ) u (B = uᵀ d): (k, in) and (k, out) factors."""
         kind, k = option
         if kind == "lora":
             return _lead(self.glora_Bu, k, 0), _lead(self.glora_Bd, k, 1).t()

@@ -9,9 +9,12 @@ the GEMM, the low-rank dx is formed apart and then added) and pick slow GEMM lay
 skinny factors on the CPU; here:
 
     dx = gy (W0 ⊙ s 1ᵀ) + dt d    the scale applied to the (out, in) weight, not to gy (T, out);
-                                  the low-rank part added in place by the same GEMM call
+                                  the low-rank part added into dx in place
     ds = Σ_t gy ⊙ h               h = x W0ᵀ, kept from the forward
     db = 1ᵀ gy,  dt = (u gyᵀ)ᵀ,  du = tᵀ gy,  dd = dtᵀ x     with t = x dᵀ (T, k)
+
+In fp32 without a scale the low-rank term is folded into the GEMM's weight instead: y = x (W0 +
+uᵀ d)ᵀ + b and dx = gy (W0 + uᵀ d), (out, in) work in place of two (T, out)/(T, in) passes.
 
 Under autocast the forward's GEMMs run in the autocast dtype (x arrives cast); the backward,
 which autocast does not cover, casts the small operands to the gradient's dtype and reduces
@@ -44,9 +47,9 @@ class _FrozenLinear(torch.autograd.Function):
             y = y.to(h.dtype)
         t = None
         if down is not None:
-            t = F.linear(x, down.to(x.dtype))  # (T, k), kept for du = tᵀ gy
+            t = F.linear(x, _as(down, x.dtype))  # (T, k), kept for du = tᵀ gy
             if not folded:
-                y.addmm_(t, up.to(y.dtype))  # (T, k) @ (k, out), in place
+                y.addmm_(t, _as(up, y.dtype))  # (T, k) @ (k, out), in place
         keep_x = down is not None and ctx.needs_input_grad[4]  # only dd = dtᵀ x reads x
         ctx.save_for_backward(x if keep_x else None, weight, scale, h, down, t, up)
         ctx.bias_dtype, ctx.folded = None if bias is None else bias.dtype, folded
@@ -57,24 +60,29 @@ class _FrozenLinear(torch.autograd.Function):
         x, weight, scale, h, down, t, up = ctx.saved_tensors
         need_x, _, need_b, need_s, need_d, need_u = ctx.needs_input_grad
         dx = db = ds = dd = du = None
-        dt = None if down is None else (up.to(gy.dtype) @ gy.t()).t()  # (T, k): the fast layout
+        dt = None if down is None else (_as(up, gy.dtype) @ gy.t()).t()  # (T, k): the fast layout
         if need_x:
             if ctx.folded:
                 dx = gy @ torch.addmm(weight, up.t(), down)  # (W0 + B), re-formed: (out, in)
             else:
                 w = weight if scale is None else weight * scale.unsqueeze(1)  # (out, in)
-                dx = gy @ w.to(gy.dtype)
+                dx = gy @ _as(w, gy.dtype)
                 if dt is not None:
-                    dx.addmm_(dt, down.to(dx.dtype))
+                    dx.addmm_(dt, _as(down, dx.dtype))
         if need_b:
-            db = _column_sums(gy).to(ctx.bias_dtype)
+            db = _as(_column_sums(gy), ctx.bias_dtype)
         if need_s:
-            ds = _column_dots(gy, h).to(scale.dtype)
+            ds = _as(_column_dots(gy, h), scale.dtype)
         if need_d:
-            dd = (dt.t() @ x).to(down.dtype)  # (k, in)
+            dd = _as(dt.t() @ x, down.dtype)  # (k, in)
         if need_u:
-            du = (t.t() @ gy).to(up.dtype)  # (k, out)
+            du = _as(t.t() @ gy, up.dtype)  # (k, out)
         return dx, None, db, ds, dd, du
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # .to() of a tensor already in dtype costs a dispatcher call; these run per layer per step
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _column_dots(gy: torch.Tensor, h: torch.Tensor, rows: int = 256) -> torch.Tensor:

@@ -252,3 +252,19 @@ def test_bf16_keeps_a_small_low_rank_increment_apart_from_w0(support):
     on its own path."""
     ours, merged = increment_errors(dict(NONE, **{support: "LoRA_4"}))
     assert ours < 0.06 and merged > 0.2 and ours < merged / 5, (ours, merged)
+
+
+def test_compile_flag_and_refusal_of_a_sampling_supernet():
+    """Fails if --compile resolves wrongly, or if a supernet in sampling mode (a new path every
+    step: a recompile every step) is compiled instead of refused with a clear message."""
+    from glora.compile import compile_fixed, resolve_compile
+    assert resolve_compile("on", "cpu") and not resolve_compile("off", "cuda")
+    assert not resolve_compile("auto", "cpu")  # measured: compile time not recovered on the CPU
+    with pytest.raises(ValueError, match="valid: auto, on, off"):
+        resolve_compile("yes", "cpu")
+    model = make_tiny_vit()
+    glora.inject_glora(model, 4)
+    glora.set_subnet(model, None, seed=0)
+    with pytest.raises(ValueError, match="sampling mode"):
+        compile_fixed(model)
+    assert compile_fixed(model, enabled=False) is model
