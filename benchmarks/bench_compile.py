@@ -115,8 +115,8 @@ def main(args: argparse.Namespace) -> None:
     args.clock = bl.set_clock(args.clock, torch.get_num_threads())
     print(f"{bl.MODEL}: embed_dim {args.embed_dim}, depth {args.depth}, heads {args.heads}, input "
           f"{args.img_size} / patch {args.patch_size}; {args.steps} steps x {args.repeats} "
-          f"interleaved repeats ({args.clock} time); torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-          f"CPU\n", flush=True)
+          f"interleaved repeats ({args.clock} time); torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s), CPU\n", flush=True)
     start = time.perf_counter()
     rows = ["| use | eager ms | compiled ms | compiled / eager | compile s (first call) | "
             "graphs compiled | max abs diff |", "|---|---|---|---|---|---|---|"]

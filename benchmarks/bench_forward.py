@@ -178,8 +178,8 @@ def main(args: argparse.Namespace) -> None:
     tokens = (args.img_size // args.patch_size) ** 2 + 1
     print(f"{bl.MODEL}: embed_dim {args.embed_dim}, depth {args.depth}, heads {args.heads}, input "
           f"{args.img_size} / patch {args.patch_size} ({tokens} tokens), batch {args.batch_size}, "
-          f"rank {args.rank}; {args.steps} steps x {args.repeats} interleaved repeats ({args.clock} time); torch "
-          f"{torch.__version__}, {torch.get_num_threads()} thread(s), CPU\n", flush=True)
+          f"rank {args.rank}; {args.steps} steps x {args.repeats} interleaved repeats ({args.clock} "
+          f"time); torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU\n", flush=True)
     start, skip = time.perf_counter(), set(args.skip.split(","))
     if "train" not in skip:
         print("Train step (forward + backward + AdamW):\n")

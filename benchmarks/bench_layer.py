@@ -298,7 +298,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"{MODEL}: embed_dim {args.embed_dim}, depth {args.depth}, heads {args.heads}, "
           f"input {args.img_size} / patch {args.patch_size} ({tokens} tokens), batch "
           f"{args.batch_size}, rank {args.rank}; {args.steps} steps x {args.repeats} interleaved "
-          f"repeats; torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU\n")
+          f"repeats ({args.clock} time); torch {torch.__version__}, {torch.get_num_threads()} "
+          f"thread(s), CPU\n")
     start = time.perf_counter()
     a, b, naive_diff = bench_training(args, x, y)
     print("(a) train step (forward + backward + AdamW), ratio vs full fine-tuning:\n")
