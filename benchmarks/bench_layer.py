@@ -41,7 +41,20 @@ QUICK = dict(embed_dim=32, depth=2, img_size=32, patch_size=8, heads=2, batch_si
              repeats=3)
 
 
-class NaiveGLoRALinear(GLoRALinear):
+class MaterialisedGLoRALinear(GLoRALinear):
+    """The previous forward: W', b' materialised (``none`` supports skipped), one ``F.linear``.
+
+    Every choice but all-``none`` pays the (out x in) weight-gradient GEMM of W', and under bf16
+    autocast the cast of W' rounds the increment to a step of |W0|.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        choice = self.current_choice()
+        self.last_choice = choice
+        return F.linear(x, *self.merged_weight_bias(choice))
+
+
+class NaiveGLoRALinear(MaterialisedGLoRALinear):
     """The original code's way of computing W', b': every support a tensor, every term computed.
 
     Same storage and sampler as :class:`GLoRALinear`; only ``merged_weight_bias`` differs. The
@@ -104,11 +117,12 @@ def randomize_glora(model: nn.Module, seed: int = 1, scale: float = 0.05) -> Non
                 param.copy_(torch.randn(param.shape, generator=gen) * scale)
 
 
-def naive_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of a GLoRA model whose layers are NaiveGLoRALinear (same tensors' values)."""
+def naive_copy(model: nn.Module, layer_class: type = None) -> nn.Module:
+    """A deep copy of a GLoRA model whose layers are ``layer_class`` (default NaiveGLoRALinear,
+    same tensors' values), in sampling mode with seed 0."""
     naive = copy.deepcopy(model)
     for name, layer in glora.glora_layers(naive):
-        replacement = NaiveGLoRALinear(layer.weight, layer.bias, layer.rank)
+        replacement = (layer_class or NaiveGLoRALinear)(layer.weight, layer.bias, layer.rank)
         replacement.load_state_dict(layer.state_dict())
         parent_name, _, child = name.rpartition(".")
         setattr(naive.get_submodule(parent_name), child, replacement)
@@ -144,6 +158,21 @@ def infer_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+# The timer of ``interleaved``: wall time, or with one torch thread (``--clock cpu``) the
+# process's CPU time, which time spent descheduled by other jobs on a shared machine does not
+# inflate (memory-bandwidth contention still does).
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter
+
+
+def set_clock(name: str, threads: int) -> str:
+    """Choose the timer (``auto``: CPU time with one thread, else wall time); return its name."""
+    global clock
+    name = ("cpu" if threads == 1 else "wall") if name == "auto" else name
+    clock = CLOCK[name]
+    return name
+
+
 def interleaved(cases: dict[str, Callable[[], None]], steps: int, repeats: int,
                 warmup: int = 2) -> dict[str, list[float]]:
     """ms per step of each case, per repeat; the case order alternates between repeats."""
@@ -154,10 +183,10 @@ def interleaved(cases: dict[str, Callable[[], None]], steps: int, repeats: int,
     for r in range(repeats):
         order = list(cases) if r % 2 == 0 else list(reversed(cases))
         for name in order:
-            start = time.perf_counter()
+            start = clock()
             for _ in range(steps):
                 cases[name]()
-            times[name].append(1e3 * (time.perf_counter() - start) / steps)
+            times[name].append(1e3 * (clock() - start) / steps)
     return times
 
 
@@ -245,6 +274,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--steps", type=int, default=4, help="steps per case per repeat")
     p.add_argument("--repeats", type=int, default=6, help="interleaved repeats (medians)")
+    p.add_argument("--clock", type=str, default="auto", choices=("auto", "cpu", "wall"),
+                   help="timer: process CPU time (auto with --threads 1) or wall time")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (1: on a shared 2-core machine, 2 threads made every "
                         "op wait for the busy core, 3-4x slower and noisy; 0 = torch's default)")
@@ -256,6 +287,7 @@ def main(args: argparse.Namespace) -> None:
         vars(args).update(QUICK)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.clock = set_clock(args.clock, torch.get_num_threads())
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=gen)
     y = torch.randint(0, args.classes, (args.batch_size,), generator=gen)
@@ -263,7 +295,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"{MODEL}: embed_dim {args.embed_dim}, depth {args.depth}, heads {args.heads}, "
           f"input {args.img_size} / patch {args.patch_size} ({tokens} tokens), batch "
           f"{args.batch_size}, rank {args.rank}; {args.steps} steps x {args.repeats} interleaved "
-          f"repeats; torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU\n")
+          f"repeats ({args.clock} time); torch {torch.__version__}, {torch.get_num_threads()} "
+          f"thread(s), CPU\n")
     start = time.perf_counter()
     a, b, naive_diff = bench_training(args, x, y)
     print("(a) train step (forward + backward + AdamW), ratio vs full fine-tuning:\n")

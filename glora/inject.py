@@ -70,13 +70,16 @@ def set_subnet(model: nn.Module, subnet: Subnet | None,
 
     ``subnet`` is a list of choice dicts in injection order, or a mapping layer name -> choice.
     In sampling mode all layers share one :class:`ChoiceSampler` (``sampler``, or a new one
-    seeded with ``seed``), which is returned so its state can be checkpointed.
+    seeded with ``seed``), which is returned so its state can be checkpointed. It draws the
+    whole subnet when the first layer runs in a forward, in injection order (the order a timm
+    ViT runs its layers), so a seed gives the same choices as one draw per layer per forward.
     """
     layers = glora_layers(model)
     if subnet is None:
         sampler = sampler or ChoiceSampler(seed)
         for _, layer in layers:
             layer.choice, layer.sampler = None, sampler
+        sampler.bind([layer for _, layer in layers])
         return sampler
     choices = _ordered_choices(layers, subnet)
     for (_, layer), choice in zip(layers, choices):

@@ -1,39 +1,15 @@
 """The GLoRA linear layer: one frozen linear plus the shared storage of its five supports."""
 from __future__ import annotations
 
-import random
-from functools import lru_cache
 from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glora.space import SUPPORTS, parse_option, sample_choice, validate_choice
-
-
-class ChoiceSampler:
-    """Seeded source of per-layer choices for supernet mode.
-
-    It owns a private ``random.Random``, so neither Python's global ``random`` nor torch's RNG
-    is touched, and its state can be checkpointed for an exact resume.
-    """
-
-    def __init__(self, seed: int = 0):
-        self.rng = random.Random(seed)
-
-    def draw(self, rank: int) -> dict:
-        """A uniform choice from the default space of the given rank."""
-        return sample_choice(self.rng, rank)
-
-    def state_dict(self) -> dict:
-        """Plain-typed state (lists and ints) for a ``weights_only`` checkpoint."""
-        version, internal, gauss = self.rng.getstate()
-        return {"version": version, "internal": list(internal), "gauss": gauss}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        """Restore a state written by :meth:`state_dict`."""
-        self.rng.setstate((state["version"], tuple(state["internal"]), state["gauss"]))
+from glora.ops import frozen_linear
+from glora.sampler import ChoiceSampler, Plan, plan_of
+from glora.space import parse_option, validate_choice
 
 
 class GLoRALinear(nn.Module):
@@ -50,6 +26,22 @@ class GLoRALinear(nn.Module):
 
     Down factors, D and E start at zero, so every choice equals the frozen layer at init.
     ``choice`` is a fixed choice dict, or ``None`` to draw one from ``sampler`` at every forward.
+
+    The forward takes, per choice, the cheapest exact path (``merged_weight_bias`` is the
+    reference formula and what merging uses). Only A = LoRA_k needs W' itself, hence the
+    (out × in) weight-gradient GEMM; otherwise the frozen GEMM ``h = x W0ᵀ`` is shared:
+
+    | support | forward term                          | why exact                          |
+    |---------|---------------------------------------|------------------------------------|
+    | A vector/constant | ``h ⊙ (1 + a)``             | ``x (W0 ⊙ a 1ᵀ)ᵀ = a ⊙ (x W0ᵀ)``   |
+    | B LoRA_k | ``(x Buᵀ) Bdᵀ``                      | low rank                           |
+    | B vector/constant | ``(Σ_j x_j) · b``           | every column of B is ``b``         |
+    | C, D, E | bias only (``W0 · c`` a matrix-vector product) |                           |
+
+    (glora/ops.py does this around one frozen GEMM, with its backward written out; in fp32 with
+    A = none it folds B into that GEMM's weight.) Under autocast (bf16) the weight increments
+    stay on their own path, in their own precision, instead of being rounded into W0 when W' is
+    cast; A = LoRA_k then costs a second GEMM.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rank: int):
@@ -72,6 +64,8 @@ class GLoRALinear(nn.Module):
         self.glora_E = nn.Parameter(torch.empty(out_features, **factory))  # (out,)
         self.choice: dict | None = None
         self.sampler: ChoiceSampler | None = None
+        self._slot: int | None = None  # position among the sampler's bound layers
+        self.last_choice: dict | None = None  # the choice of the latest forward
         self.reset_parameters()
 
     @classmethod
@@ -86,41 +80,119 @@ class GLoRALinear(nn.Module):
         for tensor in (self.glora_Au, self.glora_Bu, self.glora_Cu):
             nn.init.xavier_uniform_(tensor)
 
+    @property
+    def choice(self) -> dict | None:
+        """The fixed choice, or ``None`` in sampling mode."""
+        return self._choice
+
+    @choice.setter
+    def choice(self, choice: Mapping[str, str] | None) -> None:
+        # Validated and parsed once here, so the forward never touches option strings.
+        self._choice = None if choice is None else validate_choice(choice, self.rank)
+        self._fixed_plan = None if choice is None else plan_of(self._choice, self.rank)
+
     def set_choice(self, choice: Mapping[str, str] | None) -> None:
         """Fix this layer's choice (validated), or ``None`` for supernet sampling."""
-        self.choice = None if choice is None else validate_choice(choice, self.rank)
+        self.choice = choice
+
+    def _next_plan(self) -> Plan:
+        if self._fixed_plan is not None:
+            return self._fixed_plan
+        if self.sampler is None:
+            raise RuntimeError("GLoRALinear has no fixed choice and no sampler; call set_subnet first")
+        return self.sampler.next_plan(self)
 
     def current_choice(self) -> dict:
         """The fixed choice, or a fresh draw from the sampler."""
-        if self.choice is not None:
-            return self.choice
-        if self.sampler is None:
-            raise RuntimeError("GLoRALinear has no fixed choice and no sampler; call set_subnet first")
-        return self.sampler.draw(self.rank)
+        return dict(self._next_plan().choice)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.merged_weight_bias(self.current_choice())
-        return F.linear(x, weight, bias)
+        plan = self._next_plan()
+        self.last_choice = plan.choice
+        if self.weight.requires_grad:  # a trainable W0 needs its gradient: the reference formula
+            return F.linear(x, *self.merged_weight_bias(plan.choice))
+        # b' = b0 + b0 ⊙ D + E + W0 · C (out,), always fused into the frozen GEMM: under autocast
+        # it is then rounded once, at the scale of b', with the GEMM's fp32 accumulator.
+        bias = _sum(self.bias, self._bias_increment(plan))
+        lowp = torch.is_autocast_enabled(x.device.type)
+        if plan.A[0] == "lora" and not lowp:  # W0 ⊙ A is full rank: materialise W'
+            return F.linear(x, self._weight_increment(plan, self.weight), bias)
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (T, in)
+        if lowp:  # cast once, not once per op that reads it (up to three)
+            x2 = x2.to(torch.get_autocast_dtype(x.device.type))
+        if plan.A[0] == "lora":
+            # Autocast: y = (x W0ᵀ + b') + x ΔWᵀ, a second GEMM on ΔW = W0 ⊙ A + B, because
+            # casting W0 + ΔW to bf16 would round ΔW to a step of |W0| (about 0.4 %).
+            delta = self._weight_increment(plan, None)  # (out, in)
+            y = torch.addmm(F.linear(x2, self.weight, bias), x2, delta.t())
+        else:  # (x W0ᵀ) ⊙ (1 + a) + b' + x Bᵀ around one frozen GEMM
+            y = frozen_linear(x2, self.weight, bias, self._scale(plan.A[0]), *self._b_terms(x2, plan.B))
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+
+    def _scale(self, kind: str) -> torch.Tensor | None:
+        """``1 + a`` (out,) for A vector/constant: x (W0 ⊙ a 1ᵀ)ᵀ = (x W0ᵀ) ⊙ a; None for none."""
+        if kind == "vector":
+            return self.glora_Ad[:, 0] + 1  # the first column
+        if kind == "constant":
+            return (self.glora_Ad[0, 0] + 1).expand(self.out_features)
+        return None
+
+    def _b_terms(self, x2: torch.Tensor, option: tuple[str, int]) -> tuple:
+        """``(d, u)`` with x Bᵀ = (x dᵀ) u (B = uᵀ d): (k, in) and (k, out) factors."""
+        kind, k = option
+        if kind == "lora":
+            return _lead(self.glora_Bu, k, 0), _lead(self.glora_Bd, k, 1).t()
+        if kind == "none":
+            return None, None
+        # Every column of B is b: B = b 1ᵀ, rank 1, and x Bᵀ = (Σ_j x_j) bᵀ.
+        b = self.glora_Bd[:, 0] if kind == "vector" else self.glora_Bd[0, 0].expand(self.out_features)
+        return x2.new_ones(1, self.in_features), b.unsqueeze(0)
+
+    def _weight_increment(self, plan: Plan, base: torch.Tensor | None) -> torch.Tensor:
+        """``base + W0 ⊙ A + B`` (out, in) for A = LoRA_k; ``base`` None gives the increment."""
+        kind, k = plan.A
+        a = _lead(self.glora_Ad, k, 1) @ _lead(self.glora_Au, k, 0)  # (out, in)
+        w0 = self.weight
+        w = w0 * a if base is None else torch.addcmul(base, w0, a)
+        kind, k = plan.B
+        if kind == "lora":
+            return torch.addmm(w, _lead(self.glora_Bd, k, 1), _lead(self.glora_Bu, k, 0))
+        b = _factor(plan.B, self.glora_Bd, None)
+        return w if b is None else w + b
+
+    def _bias_increment(self, plan: Plan) -> torch.Tensor | None:
+        """``b0 ⊙ D + E + W0 · C`` (out,), or None when the choice adds nothing to the bias."""
+        inc = None
+        d = _vector(plan.D, self.glora_D)
+        if d is not None and self.bias is not None:  # without a bias, D has nothing to scale
+            inc = self.bias * d
+        e = _vector(plan.E, self.glora_E)
+        if e is not None:
+            inc = _sum(inc, e.expand(self.out_features))
+        c = _factor(plan.C, self.glora_Cd, self.glora_Cu)
+        if c is not None:
+            inc = _sum(inc, (self.weight @ c).squeeze(1))  # (out,in)@(in,1) -> (out,)
+        return inc
 
     def merged_weight_bias(self, choice: Mapping[str, str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(W', b')`` for a choice, computed from W0/b0; ``none`` supports cost nothing."""
-        opts = _parsed(tuple((s, choice[s]) for s in SUPPORTS), self.rank)
+        opts = plan_of(choice, self.rank)
         w0, b0 = self.weight, self.bias
         weight = w0
-        a = _factor(opts["A"], self.glora_Ad, self.glora_Au)
+        a = _factor(opts.A, self.glora_Ad, self.glora_Au)
         if a is not None:
             weight = weight + w0 * a  # a: (out,in), (out,1) or scalar
-        b = _factor(opts["B"], self.glora_Bd, self.glora_Bu)
+        b = _factor(opts.B, self.glora_Bd, self.glora_Bu)
         if b is not None:
             weight = weight + b
         bias = b0
-        d = _vector(opts["D"], self.glora_D)
+        d = _vector(opts.D, self.glora_D)
         if d is not None and b0 is not None:  # without a bias, D has nothing to scale
             bias = bias + b0 * d
-        e = _vector(opts["E"], self.glora_E)
+        e = _vector(opts.E, self.glora_E)
         if e is not None:
             bias = e.expand(self.out_features) if bias is None else bias + e
-        c = _factor(opts["C"], self.glora_Cd, self.glora_Cu)
+        c = _factor(opts.C, self.glora_Cd, self.glora_Cu)
         if c is not None:
             wc = (w0 @ c).squeeze(1)  # (out,in)@(in,1) -> (out,)
             bias = wc if bias is None else bias + wc
@@ -129,6 +201,18 @@ class GLoRALinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, rank={self.rank}, choice={self.choice}")
+
+
+def _sum(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """``a + b`` where None means zero (no tensor op when one side is absent)."""
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+def _lead(factor: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """The leading k rows (dim 0) or columns (dim 1) of a factor; itself when k is the rank."""
+    return factor if factor.shape[dim] == k else factor.narrow(dim, 0, k)
 
 
 def _factor(parsed: tuple[str, int], down: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
@@ -191,9 +275,3 @@ def merged_linear(layer: GLoRALinear) -> nn.Linear:
             linear.bias.copy_(bias)
     linear.requires_grad_(False)
     return linear
-
-
-@lru_cache(maxsize=4096)
-def _parsed(choice_items: tuple, rank: int) -> dict:
-    # Parsing the option strings once per distinct choice keeps string work off the hot path.
-    return {s: parse_option(s, option, rank) for s, option in choice_items}

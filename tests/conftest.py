@@ -116,7 +116,7 @@ def save_google_npz(model: torch.nn.Module, path, head_classes: int = 21843) -> 
     np.savez(path, **w)
 
 
-def write_tiny_setup(root, task: str = "eurosat", num_classes: int = 10, sizes=None, **config) -> "Path":
+def write_tiny_setup(root, task: str = "eurosat", num_classes: int = 10, sizes=None, **config):
     """A generated task, a tiny backbone and a YAML config for both CLIs in ``root``.
 
     Returns the YAML path; ``config`` overrides or adds keys (e.g. ``epochs``, ``lr``).

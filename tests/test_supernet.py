@@ -1,6 +1,5 @@
 """supernet.py end to end on a tiny ViT and a generated task: outputs, determinism, resume, failures."""
 import json
-import shutil
 import types
 
 import pytest

@@ -95,7 +95,7 @@ def test_check_reports_a_fifo_without_opening_it(tmp_path, capsys, quick):
     with rescue_fifo_reader(folder / "images" / "pipe") as fired:
         assert check_main(args) == 1
     assert not fired
-    assert f"images/pipe: a FIFO (named pipe), not a regular file" in capsys.readouterr().out
+    assert "images/pipe: a FIFO (named pipe), not a regular file" in capsys.readouterr().out
 
 
 # --- images that are not 8-bit -------------------------------------------------------------------

@@ -3,7 +3,6 @@ finished, run the rest locally (GPU slots or CPU processes) or on Slurm, then wr
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys

@@ -29,12 +29,12 @@ class Running:
 
 
 def launch(job: Job, env: dict[str, str], prefix: str = "", **popen) -> tuple[subprocess.Popen, IO]:
-    """Start a job's CLI in its own session, its output appended to its log after a header line."""
+    """Start a job's CLI in its own process group, its output appended to its log after a header line."""
     job.log.parent.mkdir(parents=True, exist_ok=True)
     log = open(job.log, "a")
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {prefix}{shlex.join(job.command())}\n")
     log.flush()
-    # A new session: a Ctrl-C at the terminal reaches the sweep only, which forwards it once.
+    # Its own process group: a Ctrl-C at the terminal reaches the sweep only, which forwards it once.
     proc = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=env, start_new_session=True, **popen)
     return proc, log
