@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import glora
+from glora.inject import replace_module
 from glora.layer import GLoRALinear
 from glora.model import build_model
 from glora.space import parse_option, sample_choice
@@ -124,8 +125,7 @@ def naive_copy(model: nn.Module, layer_class: type = None) -> nn.Module:
     for name, layer in glora.glora_layers(naive):
         replacement = (layer_class or NaiveGLoRALinear)(layer.weight, layer.bias, layer.rank)
         replacement.load_state_dict(layer.state_dict())
-        parent_name, _, child = name.rpartition(".")
-        setattr(naive.get_submodule(parent_name), child, replacement)
+        replace_module(naive, name, replacement)
     glora.mark_trainable(naive)
     glora.set_subnet(naive, None, seed=0)
     return naive

@@ -26,10 +26,14 @@ def inject_glora(model: nn.Module, rank: int, targets: str | None = None) -> lis
     """
     names = _target_names(model, targets or DEFAULT_TARGETS)
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, GLoRALinear.from_linear(getattr(parent, child), rank))
+        replace_module(model, name, GLoRALinear.from_linear(model.get_submodule(name), rank))
     return names
+
+
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` where the submodule called ``name`` (a qualified name) is now."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
 
 
 def _target_names(model: nn.Module, targets: str) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from glora.files import atomic_folder
-from glora.inject import glora_layers
+from glora.inject import glora_layers, replace_module
 from glora.layer import merged_linear
 from glora.space import SUPPORTS, validate_choice
 from glora.timm_bias import fit_gained_biases
@@ -38,9 +38,7 @@ def merge_glora(model: nn.Module) -> nn.Module:
         except FloatingPointError as err:
             raise FloatingPointError(f"{name}: {err}") from None
     for name, linear in merged.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, linear)
+        replace_module(model, name, linear)
     return model
 
 
