@@ -12,11 +12,12 @@ from typing import Any, Sequence
 
 import yaml
 
+from glora.compile import COMPILE_CHOICES
 from glora.files import atomic_write
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags both steps share (names fixed by DESIGN.md §4; defaults are the original code's)."""
+    """Flags both steps share (defaults are the original code's)."""
     parser.add_argument("--config", type=str, default=None, help="YAML file overriding these defaults")
     parser.add_argument("--dataset", type=str, default="cifar", help="VTAB-1k task folder name")
     parser.add_argument("--data-path", type=str, default="data/vtab-1k")
@@ -39,6 +40,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", type=str, default="auto", choices=("auto", "bf16", "fp32"),
                         help="auto = bf16 autocast on CUDA, fp32 on CPU; fp32 = the original numerics")
+    parser.add_argument("--compile", type=str, default="auto", choices=COMPILE_CHOICES,
+                        help="torch.compile the fixed-graph models (fixed subnet or full fine-tuning, search "
+                             "scoring); auto = off on the CPU (the compile time is not recovered by CPU-sized "
+                             "runs, measured) and on CUDA (not measured on a GPU yet)")
     parser.add_argument("--subnet", type=str, default=None,
                         help="a fixed subnet: a preset (linear_probe, lora, bitfit, ssf, largest) or a subnet.yaml")
     parser.add_argument("--resume", nargs="?", const=True, default=False, type=resume_mode,
@@ -65,7 +70,7 @@ def resume_mode(value: str) -> bool | str:
 
 # Settings that do not change what a run computes: a finished run is reused across them.
 RUN_ONLY_KEYS = frozenset({"resume", "progress", "device", "config", "save_every", "eval_every",
-                           "eval_subnets", "eval_batch_size", "overwrite", "allow_partial"})
+                           "eval_subnets", "eval_batch_size", "overwrite", "allow_partial", "compile"})
 
 
 def differing_settings(recorded: dict[str, Any], current: dict[str, Any],

@@ -16,6 +16,7 @@ import glora
 import vtab
 from glora.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_subnet,
                               state_digest, subnet_origin, versions)
+from glora.compile import compile_fixed, resolve_compile
 from glora.config import config_dict
 from glora.engine import evaluate
 from glora.errors import TargetError
@@ -181,6 +182,7 @@ def run_search(args, model, search_loader, device, out: Path, state: dict | None
     """
     amp = autocast_dtype(args.precision, device)
     candidate = CandidateModel(model)
+    compile_fixed(candidate.plain, resolve_compile(args.compile, device))
     evaluate_fn = lambda subnet: evaluate(candidate.load(subnet), search_loader, device, amp)["acc1"]
     search = EvolutionSearch(evaluate_fn, glora.layer_shapes(model), args.rank,
                              population_num=args.population_num, select_num=args.select_num,

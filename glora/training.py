@@ -15,6 +15,7 @@ import glora
 import vtab
 from glora.checkpoint import (CheckpointError, atomic_torch_save, check_compatible, load_checkpoint,
                               load_subnet, subnet_origin, versions)
+from glora.compile import compile_fixed, resolve_compile
 from glora.config import RUN_ONLY_KEYS, config_dict, differing_settings
 from glora.distributed import World, average_gradients, epoch_seed, mean_over_ranks
 from glora.engine import evaluate, evaluate_subnets, train_one_epoch, zero_fill_stepped_grads
@@ -65,6 +66,8 @@ class Run:
             self.sampler = glora.set_subnet(self.model, None, seed=args.seed)
         self.init = init_from_supernet(self, args.init_from) if args.init_from else {"init": "fresh"}
         self.model.to(device)
+        if self.mode != "supernet":  # a sampling supernet changes its graph every step
+            compile_fixed(self.model, resolve_compile(args.compile, device))
         params = [p for p in self.model.parameters() if p.requires_grad]
         # The fused kernel on CUDA: one launch per step instead of one per tensor.
         self.optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,

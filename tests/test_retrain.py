@@ -138,3 +138,24 @@ def test_report_labels_retrained_rows_apart(searched, tmp_path):
     assert {"ours: glora@0.006M [retrain, selected on val200]",
             "ours: glora@0.006M retrained from supernet [retrain, selected on val200]",
             "ours: glora@0.006M retrained fresh [retrain, selected on val200]"} <= labels
+
+
+@pytest.mark.slow
+def test_compile_on_trains_and_searches_like_eager(searched, tmp_path):
+    """Fails if --compile on changes what a fixed subnet learns or which subnet a search picks
+    (compiled graphs must compute the same model), or if it is not accepted by both commands."""
+    root = searched
+    trained = {}
+    for flag in ("off", "on"):
+        supernet.cli(["--config", str(root / "c.yaml"), "--save_path", str(tmp_path / f"lora_{flag}"),
+                      "--subnet", "lora", "--epochs", "1", "--eval-every", "1", "--compile", flag])
+        trained[flag] = load_checkpoint(tmp_path / f"lora_{flag}" / "eurosat.pt")["state_dict"]
+    assert trained["on"].keys() == trained["off"].keys()
+    for key in trained["off"]:
+        torch.testing.assert_close(trained["on"][key], trained["off"][key], rtol=1e-4, atol=1e-5)
+    searches = {}
+    for flag in ("off", "on"):
+        evolution.cli(["--config", str(root / "c.yaml"), "--load_path", str(root / "supernet"),
+                       "--save_path", str(tmp_path / f"search_{flag}"), "--compile", flag, *SMALL_SEARCH])
+        searches[flag] = yaml.safe_load((tmp_path / f"search_{flag}" / "subnet.yaml").read_text())["layers"]
+    assert searches["on"] == searches["off"]
