@@ -11,7 +11,8 @@ import yaml
 from tests.conftest import TINY_VIT_KWARGS, save_tiny_backbone
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = {"linear_probe": "linear_probe", "lora": "lora", "glora": "glora_0.004M", "full_finetune": "full_finetune"}
+FOLDERS = {"linear_probe": "linear_probe", "lora": "lora", "glora": "glora_0.004M",
+           "glora_retrain": "glora_retrain_0.004M", "full_finetune": "full_finetune"}
 SHORT = "--epochs 1 --warmup-epochs 0 --eval-every 1"
 
 
@@ -35,6 +36,11 @@ def test_demo_script_end_to_end_reduced(tmp_path):
     results = {m: json.loads((runs / f / "results.json").read_text()) for m, f in FOLDERS.items()}
     assert results["linear_probe"]["params"] == 0
     assert results["glora"]["params"] <= 4000 and results["glora"]["method"] == "glora"
+    assert results["glora"]["weights"] == "supernet"
+    retrained = results["glora_retrain"]
+    assert retrained["weights"] == "trained" and retrained["init"] == "inherited"
+    searched = yaml.safe_load((runs / "glora_0.004M" / "subnet.yaml").read_text())["layers"]
+    assert yaml.safe_load((runs / "glora_retrain_0.004M" / "subnet.yaml").read_text())["layers"] == searched
     assert results["lora"]["method"] == "lora" and results["full_finetune"]["method"] == "full_finetune"
     for method, res in results.items():
         assert res["test_n"] == 797 and res["test_acc1"] == res["test_acc1_merged"]
@@ -42,10 +48,10 @@ def test_demo_script_end_to_end_reduced(tmp_path):
         assert res["config"]["data_path"] == str(tmp_path / "data")
     table = (tmp_path / "runs" / "table.md").read_text().splitlines()
     assert table[0].startswith("| method | budget (M) | weights | protocol | seeds | mini_digits | mean |")
-    assert len([row for row in table[2:] if row.startswith("| ")]) == 4
+    assert len([row for row in table[2:] if row.startswith("| ")]) == 5
     assert f"| {results['glora']['test_acc1']:.2f} |" in next(r for r in table if r.startswith("| glora |"))
     assert table[0] in run.stdout
     # A second run finds everything done and only prints the table again.
     again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "start" not in again.stdout
-    assert "8 jobs: 8 done (8 already finished)" in again.stdout and table[0] in again.stdout
+    assert "10 jobs: 10 done (10 already finished)" in again.stdout and table[0] in again.stdout
