@@ -224,9 +224,28 @@ def export_and_test(args, task, model, test_loader, device, out: Path) -> dict:
     reloaded = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True).to(device)
     again = evaluate(reloaded, test_loader, device, amp)
     if again["acc1"] != unmerged["acc1"]:
-        raise RuntimeError(f"the exported model's test accuracy {again['acc1']:.4f} differs from the "
-                           f"unmerged subnet's {unmerged['acc1']:.4f}")
+        if amp is None:
+            raise RuntimeError(f"the exported model's test accuracy {again['acc1']:.4f} differs from the "
+                               f"unmerged subnet's {unmerged['acc1']:.4f}")
+        # Under bf16 the merged W' is rounded as one tensor, where the unmerged layer keeps its
+        # increments apart from W0, so an image at a decision boundary may flip. The merge itself
+        # must still be exact: checked in fp32.
+        check_merge_in_fp32(model, reloaded, test_loader)
+        print(f"note: under {args.precision} the exported model scores {again['acc1']:.2f} on test and the "
+              f"unmerged subnet {unmerged['acc1']:.2f} (rounding); in fp32 they agree", flush=True)
     return {"test_acc1": unmerged["acc1"], "test_acc1_merged": again["acc1"], "test_n": unmerged["n"]}
+
+
+def check_merge_in_fp32(model: torch.nn.Module, merged: torch.nn.Module, loader, rtol: float = 1e-4) -> None:
+    """Raise RuntimeError unless ``merged`` gives ``model``'s logits in fp32 on the first batch."""
+    x, _ = next(iter(loader))
+    model.eval(), merged.eval()
+    with torch.no_grad():
+        want, got = model(x).float(), merged(x).float()
+    error = (got - want).abs().max().item() / max(want.abs().max().item(), 1.0)
+    if not error <= rtol:
+        raise RuntimeError(f"the exported model's logits differ from the unmerged subnet's in fp32 "
+                           f"(max relative error {error:.2e} > {rtol:.0e})")
 
 
 def eval_loader(args, task, split: str, device: torch.device):

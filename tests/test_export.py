@@ -1,5 +1,6 @@
 """The exported timm folder: the preprocessing it records, and what a merged state dict is when the
 backbone has no qkv bias."""
+import copy
 import json
 
 import pytest
@@ -79,3 +80,20 @@ def test_no_qkv_bias_merged_state_dict_gains_a_qkv_bias_when_c_or_e_is_used(supp
     with_bias = make_tiny_vit(qkv_bias=True)
     with_bias.load_state_dict(model.state_dict(), strict=True)
     torch.testing.assert_close(with_bias.eval()(x), expected)
+
+
+def test_bf16_accuracy_difference_after_merging_is_checked_in_fp32(capsys):
+    """Fails if a bf16 rounding difference between the merged and the unmerged model (an image at a
+    decision boundary) stops the export, or if a merge that is wrong in fp32 passes."""
+    from glora.searching import check_merge_in_fp32
+    model = make_tiny_vit()
+    glora.inject_glora(model, rank=2)
+    glora.set_subnet(model, [{**NONE, "A": "LoRA_2", "B": "vector", "E": "vector"}] * len(glora.glora_layers(model)))
+    randomize_glora(model)
+    merged = glora.merge_glora(copy.deepcopy(model))
+    loader = [(torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))]
+    check_merge_in_fp32(model, merged, loader)  # the same function: passes
+    with torch.no_grad():
+        merged.blocks[0].mlp.fc1.weight[0, 0] += 0.5
+    with pytest.raises(RuntimeError, match="differ from the unmerged subnet's in fp32"):
+        check_merge_in_fp32(model, merged, loader)
