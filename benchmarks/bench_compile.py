@@ -105,15 +105,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.quick:
-        vars(args).update(QUICK)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.clock = bl.set_clock(args.clock, torch.get_num_threads())
-    print(f"{bl.MODEL}: embed_dim {args.embed_dim}, depth {args.depth}, heads {args.heads}, input "
-          f"{args.img_size} / patch {args.patch_size}; {args.steps} steps x {args.repeats} "
-          f"interleaved repeats ({args.clock} time); torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s), CPU\n", flush=True)
+    bl.prepare(args, QUICK)  # the cases below build their own inputs
     start = time.perf_counter()
     rows = ["| use | eager ms | compiled ms | compiled / eager | compile s (first call) | "
             "graphs compiled | max abs diff |", "|---|---|---|---|---|---|---|"]

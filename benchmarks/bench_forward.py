@@ -170,19 +170,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.quick:
-        vars(args).update(QUICK)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.clock = bl.set_clock(args.clock, torch.get_num_threads())
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=gen)
-    y = torch.randint(0, args.classes, (args.batch_size,), generator=gen)
-    tokens = (args.img_size // args.patch_size) ** 2 + 1
-    print(f"{bl.MODEL}: embed_dim {args.embed_dim}, depth {args.depth}, heads {args.heads}, input "
-          f"{args.img_size} / patch {args.patch_size} ({tokens} tokens), batch {args.batch_size}, "
-          f"rank {args.rank}; {args.steps} steps x {args.repeats} interleaved repeats ({args.clock} "
-          f"time); torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU\n", flush=True)
+    x, y = bl.prepare(args, QUICK)
     start, skip = time.perf_counter(), set(args.skip.split(","))
     if "train" not in skip:
         print("Train step (forward + backward + AdamW):\n")

@@ -282,9 +282,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(args: argparse.Namespace) -> None:
+def prepare(args: argparse.Namespace, quick: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply --quick, --threads and --clock, print the set-up line, return a seeded batch (x, y)."""
     if args.quick:
-        vars(args).update(QUICK)
+        vars(args).update(quick)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.clock = set_clock(args.clock, torch.get_num_threads())
@@ -296,7 +297,12 @@ def main(args: argparse.Namespace) -> None:
           f"input {args.img_size} / patch {args.patch_size} ({tokens} tokens), batch "
           f"{args.batch_size}, rank {args.rank}; {args.steps} steps x {args.repeats} interleaved "
           f"repeats ({args.clock} time); torch {torch.__version__}, {torch.get_num_threads()} "
-          f"thread(s), CPU\n")
+          f"thread(s), CPU\n", flush=True)
+    return x, y
+
+
+def main(args: argparse.Namespace) -> None:
+    x, y = prepare(args, QUICK)
     start = time.perf_counter()
     a, b, naive_diff = bench_training(args, x, y)
     print("(a) train step (forward + backward + AdamW), ratio vs full fine-tuning:\n")
