@@ -183,9 +183,15 @@ def write_yaml(path: str | os.PathLike, data: Any) -> None:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    """Treat SIGTERM (a scheduler's pre-emption) like Ctrl-C while the block runs."""
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    """Treat SIGTERM (a scheduler's pre-emption) like Ctrl-C while the block runs.
+
+    SIGINT gets Python's Ctrl-C handler too: a process started in the background by a
+    non-interactive shell inherits SIGINT ignored, and would otherwise ignore the interrupt a
+    sweep sends its jobs to make them save and stop.
+    """
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -43,9 +43,16 @@ def flags(root, out, *extra):
     return ["--config", str(root / "tiny.yaml"), "--dataset", "eurosat", "--save_path", str(out), *extra]
 
 
+def in_background():
+    """What a non-interactive shell's `&` does to a command: SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def start(script, *argv):
+    """A CLI in a subprocess, started as in the background (SIGINT ignored on entry): the CLIs must
+    still turn a SIGINT into a saved, explained stop."""
     return subprocess.Popen([sys.executable, str(REPO / script), *argv], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=in_background)
 
 
 def finish(proc, timeout=180):
@@ -352,9 +359,8 @@ def test_second_sweep_refuses_running_jobs_and_sigterm_to_a_background_sweep_rep
     (root / "plan.yaml").write_text(yaml.safe_dump(plan))
     runs = root / "runs"
     argv = [sys.executable, "-m", "glora.sweep", str(root / "plan.yaml"), "--runs", str(runs)]
-    background = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731  (what `&` does)
     first = subprocess.Popen([*argv, "--jobs", "2"], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, preexec_fn=background)
+                             stderr=subprocess.STDOUT, text=True, preexec_fn=in_background)
     ckpt = runs / "eurosat" / "val" / "supernet" / "eurosat.pt"
     assert wait_for(ckpt.is_file, first, 180), first.communicate()[0]
     second = subprocess.run([*argv, "--methods", "glora", "--no-report"], cwd=REPO, env=ENV,
