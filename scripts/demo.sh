@@ -8,15 +8,16 @@
 # and the baselines on the same backbone, data and code; every model is merged, exported as a plain
 # timm folder and tested; the by-method table is printed (and kept in RUNS/table.md). What is
 # finished is skipped, so an interrupted demo continues where it stopped.
+# Runs one single-threaded job per CPU core (a later --jobs N overrides it).
 # Environment: DATA and BACKBONE (default data/vtab-1k, data/tiny_vit), BUILD_ARGS (for the build),
-# PYTHON. On a machine busy with other work, OMP_NUM_THREADS=1 avoids thread oversubscription.
+# PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 DATA=${DATA:-data/vtab-1k}
 BACKBONE=${BACKBONE:-data/tiny_vit}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per job: the tiny model gains more from parallel jobs
 # shellcheck disable=SC2086
 "$PYTHON" -m vtab.mini build --data-path "$DATA" --backbone "$BACKBONE" ${BUILD_ARGS:-}
-exec "$PYTHON" -m glora.sweep configs/demo.yaml \
+exec "$PYTHON" -m glora.sweep configs/demo.yaml --jobs "$(nproc)" \
   --args "--data-path $(printf %q "$DATA") --pretrained $(printf %q "$BACKBONE/backbone.safetensors")" "$@"
