@@ -5,7 +5,7 @@
 # that inflates the number. Finished jobs are skipped, so an interrupted study continues where it
 # stopped. Extra arguments go to both sweeps (e.g. --jobs 2, --runs DIR).
 #
-#   bash scripts/study.sh --jobs 2          # about 1.5 h on two cores (README)
+#   bash scripts/study.sh --jobs 2          # about 2.5 h on two cores (README)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
