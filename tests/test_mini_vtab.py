@@ -138,7 +138,16 @@ def test_backbone_file_has_no_head_and_loads_into_timm(backbone):
 
 
 def test_pretrain_is_deterministic(backbone, tmp_path):
-    pretrain.pretrain(tmp_path, TINY_CFG, model_kwargs=TINY_KWARGS, progress=False)
+    """Fails if the weights depend on the caller's torch thread count (OMP_NUM_THREADS=1 in the demo,
+    all cores elsewhere) or if pretraining leaves its own thread count behind."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads != 1 else 2)  # the fixture built with the default count
+    try:
+        pretrain.pretrain(tmp_path, TINY_CFG, model_kwargs=TINY_KWARGS, progress=False)
+        assert torch.get_num_threads() == (1 if threads != 1 else 2)
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / pretrain.META_FILE).read_text())["threads"] == TINY_CFG.threads == 2
     a = load_file(str(backbone / pretrain.WEIGHTS_FILE))
     b = load_file(str(tmp_path / pretrain.WEIGHTS_FILE))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -58,6 +58,9 @@ class PretrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_frac: float = 0.05
+    # Torch threads while training: a sum split over another number of threads rounds differently,
+    # so the weights (and every number measured on them) depend on it. Fixed, not "all cores".
+    threads: int = 2
 
 
 def create_model(num_classes: int, model: str = MODEL, model_kwargs: dict | None = None
@@ -171,15 +174,17 @@ def pretrain(out_dir: "str | os.PathLike" = DEFAULT_OUT, cfg: PretrainConfig | N
     train_x, train_y = _source_tensors(cfg.pool_size, [cfg.seed, 0], progress)
     eval_x, eval_y = _source_tensors(cfg.eval_size, [cfg.seed, 1], progress)  # held out
     generated = time.perf_counter()
-    deterministic = torch.are_deterministic_algorithms_enabled()
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(cfg.threads)
     try:
         torch.manual_seed(cfg.seed)
         net = create_model(sum(source.HEADS.values()), model, model_kwargs)
         loss = train_source(net, train_x, train_y, cfg, progress)
+        accuracy = source_accuracy(net, eval_x, eval_y)
     finally:
         torch.use_deterministic_algorithms(deterministic)  # do not leak global state
-    accuracy = source_accuracy(net, eval_x, eval_y)
+        torch.set_num_threads(threads)
     meta = {
         "model": model, "model_kwargs": model_kwargs,
         "source_task": source.DESCRIPTION, "source_heads": source.HEADS,
@@ -187,7 +192,7 @@ def pretrain(out_dir: "str | os.PathLike" = DEFAULT_OUT, cfg: PretrainConfig | N
         "final_train_loss": round(loss, 4), "source_test_acc1": accuracy,
         "source_test_acc1_mean": round(float(np.mean(list(accuracy.values()))), 2),
         "versions": {"torch": torch.__version__, "timm": timm.__version__},
-        "threads": torch.get_num_threads(),
+        "threads": cfg.threads,
         "wall_time_s": {"generate": round(generated - start, 1),
                         "total": round(time.perf_counter() - start, 1)},
     }
@@ -207,7 +212,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--pool-size", type=int, default=d.pool_size)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    parser.add_argument("--threads", type=int, default=d.threads,
+                        help="torch threads while training (the weights depend on it)")
     return parser
 
 
@@ -217,8 +223,7 @@ def main(args: argparse.Namespace) -> None:
     if weights.is_file() and not args.force:
         print(f"{weights} exists (use --force to retrain)")
         return
-    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
-    cfg = PretrainConfig(seed=args.seed, epochs=args.epochs, pool_size=args.pool_size)
+    cfg = PretrainConfig(seed=args.seed, epochs=args.epochs, pool_size=args.pool_size, threads=args.threads)
     pretrain(args.out, cfg)
 
 
