@@ -261,7 +261,7 @@ def test_ctrl_c_saves_running_jobs_and_a_rerun_finishes_the_rest(world, tmp_path
     deadline = time.time() + 120
     while not ckpt.is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the sweep (the jobs run in their own sessions)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the sweep (the jobs run in their own process groups)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
     assert "stopped eurosat/val/supernet: exit 1: interrupted in epoch" in out
