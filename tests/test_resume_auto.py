@@ -4,34 +4,28 @@ import json
 
 import pytest
 import torch
-import yaml
 
 import evolution
 import supernet
-from tests.conftest import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
+from tests.conftest import write_tiny_setup
 from tests.test_supernet import assert_same_tensors, interrupt_at
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("auto")
-    make_noah_task(root / "data")
-    save_tiny_backbone(root / "bb.safetensors")
-    cfg = {"model": "vit_tiny_patch16_224", "model_kwargs": TINY_VIT_KWARGS, "input_size": 32,
-           "pretrained": str(root / "bb.safetensors"), "data_path": str(root / "data"), "progress": False,
-           "dataset": "eurosat", "batch_size": 16}
-    (root / "c.yaml").write_text(yaml.safe_dump(cfg))
+    write_tiny_setup(root, dataset="eurosat")
     return root
 
 
 def train(root, out, *extra):
-    supernet.cli(["--config", str(root / "c.yaml"), "--save_path", str(root / out), "--epochs", "3",
+    supernet.cli(["--config", str(root / "tiny.yaml"), "--save_path", str(root / out), "--epochs", "3",
                   "--eval-every", "3", "--lr", "1e-2", "--resume", "auto", *extra])
     return torch.load(root / out / "eurosat.pt", weights_only=True)
 
 
 def search(root, out, *extra):
-    evolution.cli(["--config", str(root / "c.yaml"), "--load_path", str(root / "s"), "--save_path",
+    evolution.cli(["--config", str(root / "tiny.yaml"), "--load_path", str(root / "s"), "--save_path",
                    str(root / out), "--param-limits", "0.006", "--population-num", "4", "--select-num", "2",
                    "--mutation-num", "2", "--crossover-num", "2", "--max-epochs", "2", "--resume", "auto", *extra])
     return json.loads((root / out / "results.json").read_text())

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import evolution
 import supernet
 from glora.checkpoint import load_checkpoint
-from tests.conftest import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
+from tests.conftest import write_tiny_setup
 
 SMALL_SEARCH = ["--population-num", "6", "--select-num", "3", "--mutation-num", "3",
                 "--crossover-num", "3", "--max-epochs", "1", "--param-limits", "0.006"]
@@ -20,24 +20,19 @@ SMALL_SEARCH = ["--population-num", "6", "--select-num", "3", "--mutation-num", 
 def searched(tmp_path_factory):
     """Supernet under `retrain` and its search, built once (read-only for the tests below)."""
     root = tmp_path_factory.mktemp("retrain")
-    make_noah_task(root / "data")
-    save_tiny_backbone(root / "bb.safetensors")
-    cfg = {"model": "vit_tiny_patch16_224", "model_kwargs": TINY_VIT_KWARGS, "input_size": 32,
-           "pretrained": str(root / "bb.safetensors"), "data_path": str(root / "data"), "progress": False,
-           "dataset": "eurosat", "batch_size": 16}
-    (root / "c.yaml").write_text(yaml.safe_dump(cfg))
-    supernet.cli(["--config", str(root / "c.yaml"), "--protocol", "retrain", "--save_path",
+    write_tiny_setup(root, dataset="eurosat")
+    supernet.cli(["--config", str(root / "tiny.yaml"), "--protocol", "retrain", "--save_path",
                   str(root / "supernet"), "--epochs", "2", "--eval-every", "2", "--lr", "1e-2"])
-    evolution.cli(["--config", str(root / "c.yaml"), "--protocol", "retrain", "--load_path",
+    evolution.cli(["--config", str(root / "tiny.yaml"), "--protocol", "retrain", "--load_path",
                    str(root / "supernet"), "--save_path", str(root / "search"), *SMALL_SEARCH])
     return root
 
 
 def retrain(root, out, *extra):
-    supernet.cli(["--config", str(root / "c.yaml"), "--protocol", "retrain", "--save_path",
+    supernet.cli(["--config", str(root / "tiny.yaml"), "--protocol", "retrain", "--save_path",
                   str(root / out), "--epochs", "2", "--eval-every", "2", *extra])
     # another search seed: an export that searched again would not land on the same subnet
-    evolution.cli(["--config", str(root / "c.yaml"), "--protocol", "retrain", "--load_path",
+    evolution.cli(["--config", str(root / "tiny.yaml"), "--protocol", "retrain", "--load_path",
                    str(root / out), "--save_path", str(root / f"{out}_export"), "--seed", "7"])
     return json.loads((root / f"{out}_export" / "results.json").read_text())
 
@@ -98,7 +93,7 @@ def test_init_from_refusals(searched, tmp_path):
     """Fails if --init-from accepts a supernet selected on another split, a supernet run, or a
     checkpoint of another rank, instead of one clear line."""
     root = searched
-    base = ["--config", str(root / "c.yaml"), "--save_path", str(tmp_path / "x"), "--epochs", "1"]
+    base = ["--config", str(root / "tiny.yaml"), "--save_path", str(tmp_path / "x"), "--epochs", "1"]
     subnet = ["--subnet", str(root / "search" / "subnet.yaml")]
     with pytest.raises(SystemExit, match=r"protocol 'retrain', which selects on val200; this run's "
                                          r"protocol 'paper' selects on test"):
@@ -115,7 +110,7 @@ def test_val_supernet_serves_a_retrain_search(searched, tmp_path):
     """Fails if evolution refuses to search a `val` supernet under `retrain` (they share the
     supernet and the search split), or accepts a `paper` one."""
     root = searched
-    args = ["--config", str(root / "c.yaml"), "--load_path", str(root / "supernet"), *SMALL_SEARCH]
+    args = ["--config", str(root / "tiny.yaml"), "--load_path", str(root / "supernet"), *SMALL_SEARCH]
     evolution.cli(args + ["--protocol", "val", "--save_path", str(tmp_path / "v")])
     res = json.loads((tmp_path / "v" / "results.json").read_text())
     assert res["protocol"] == "val" and res["selection_split"] == "val200"
@@ -147,7 +142,7 @@ def test_compile_on_trains_and_searches_like_eager(searched, tmp_path):
     root = searched
     trained = {}
     for flag in ("off", "on"):
-        supernet.cli(["--config", str(root / "c.yaml"), "--save_path", str(tmp_path / f"lora_{flag}"),
+        supernet.cli(["--config", str(root / "tiny.yaml"), "--save_path", str(tmp_path / f"lora_{flag}"),
                       "--subnet", "lora", "--epochs", "1", "--eval-every", "1", "--compile", flag])
         trained[flag] = load_checkpoint(tmp_path / f"lora_{flag}" / "eurosat.pt")["state_dict"]
     assert trained["on"].keys() == trained["off"].keys()
@@ -155,7 +150,7 @@ def test_compile_on_trains_and_searches_like_eager(searched, tmp_path):
         torch.testing.assert_close(trained["on"][key], trained["off"][key], rtol=1e-4, atol=1e-5)
     searches = {}
     for flag in ("off", "on"):
-        evolution.cli(["--config", str(root / "c.yaml"), "--load_path", str(root / "supernet"),
+        evolution.cli(["--config", str(root / "tiny.yaml"), "--load_path", str(root / "supernet"),
                        "--save_path", str(tmp_path / f"search_{flag}"), "--compile", flag, *SMALL_SEARCH])
         searches[flag] = yaml.safe_load((tmp_path / f"search_{flag}" / "subnet.yaml").read_text())["layers"]
     assert searches["on"] == searches["off"]
