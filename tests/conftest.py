@@ -137,6 +137,18 @@ def write_tiny_setup(root, task: str = "eurosat", num_classes: int = 10, sizes=N
 
 
 @contextlib.contextmanager
+def one_thread():
+    """In-process runs with a subprocess's single thread, so float results match bit for bit
+    (a matrix product summed over two threads rounds differently)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def on_optimizer_step(callback):
     """Call ``callback(optimizer)`` after every optimizer step of any optimizer while active.
 

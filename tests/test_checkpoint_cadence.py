@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import supernet
-from tests.conftest import on_optimizer_step, write_tiny_setup
+from tests.conftest import on_optimizer_step, one_thread, write_tiny_setup
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 3
@@ -79,6 +79,16 @@ def straight_run(config, out):
     return final, at_epoch_3
 
 
+def assert_saved_at_epoch_3_then_resumes(config, out, at_epoch_3, straight):
+    """The interrupted run left the start-of-epoch-3 state, and a resume ends as the straight run."""
+    saved = torch.load(Path(out) / "eurosat.pt", weights_only=True)
+    for key in TRAINING_STATE:
+        assert_same(saved[key], at_epoch_3[key], key)
+    resumed = run(config, out, "--save-every", "100", "--resume")
+    for key in TRAINING_STATE:
+        assert_same(resumed[key], straight[key], key)
+
+
 def log_epochs(out):
     return [json.loads(line) for line in (Path(out) / "eurosat_log.jsonl").read_text().splitlines()]
 
@@ -107,12 +117,7 @@ def test_ctrl_c_mid_epoch_saves_the_start_of_epoch_state(config, tmp_path):
     # --save-every 100: no periodic save, so whatever is on disk was written by the handler.
     with pytest.raises(SystemExit, match=r"interrupted in epoch 3; saved the state at its start"):
         run(config, tmp_path / "out", "--save-every", "100", on_step=interrupt)
-    saved = torch.load(tmp_path / "out" / "eurosat.pt", weights_only=True)
-    for key in TRAINING_STATE:
-        assert_same(saved[key], at_epoch_3[key], key)
-    resumed = run(config, tmp_path / "out", "--save-every", "100", "--resume")
-    for key in TRAINING_STATE:
-        assert_same(resumed[key], straight[key], key)
+    assert_saved_at_epoch_3_then_resumes(config, tmp_path / "out", at_epoch_3, straight)
     assert log_epochs(tmp_path / "out") == log_epochs(tmp_path / "straight")
 
 
@@ -154,17 +159,13 @@ supernet.cli(sys.argv[4:])
 
 
 @pytest.fixture
-def one_thread():
-    """In-process runs with the subprocess's single thread, so float results match bit for bit
-    (a matrix product summed over two threads rounds differently)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def single_thread():
+    with one_thread():
+        yield
 
 
 @pytest.mark.slow
-def test_real_sigterm_mid_epoch_saves_the_start_of_epoch_state(config, tmp_path, one_thread):
+def test_real_sigterm_mid_epoch_saves_the_start_of_epoch_state(config, tmp_path, single_thread):
     """Fails if supernet.py dies on SIGTERM without saving, or saves the mid-epoch state: a real
     process gets a real SIGTERM two steps into epoch 3."""
     straight, at_epoch_3 = straight_run(config, tmp_path / "straight")
@@ -188,9 +189,4 @@ def test_real_sigterm_mid_epoch_saves_the_start_of_epoch_state(config, tmp_path,
             proc.wait()
     assert proc.returncode == 1, err[-2000:]
     assert "interrupted in epoch 3; saved the state at its start" in err and "Traceback" not in err
-    saved = torch.load(tmp_path / "out" / "eurosat.pt", weights_only=True)
-    for key in TRAINING_STATE:
-        assert_same(saved[key], at_epoch_3[key], key)
-    resumed = run(config, tmp_path / "out", "--save-every", "100", "--resume")
-    for key in TRAINING_STATE:
-        assert_same(resumed[key], straight[key], key)
+    assert_saved_at_epoch_3_then_resumes(config, tmp_path / "out", at_epoch_3, straight)

@@ -24,7 +24,7 @@ import yaml
 
 import evolution
 import supernet
-from tests.conftest import write_tiny_setup
+from tests.conftest import one_thread, write_tiny_setup
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -72,6 +72,18 @@ def wait_for(predicate, proc, timeout=120):
     return False
 
 
+def kill_at(rng, targets, reached, script, *argv, after=lambda: None):
+    """For each target: start ``script``, wait until ``reached(target)``, wait a random moment
+    more, ``kill -9`` it, then call ``after``."""
+    for target in targets:
+        proc = start(script, *argv)
+        wait_for(lambda: reached(target), proc)
+        time.sleep(rng.uniform(0, 0.05))
+        proc.kill()
+        proc.wait()
+        after()
+
+
 def lines(path) -> int:
     try:
         return len(Path(path).read_text().splitlines())
@@ -81,17 +93,6 @@ def lines(path) -> int:
 
 def temporaries(folder):
     return sorted(p.name for p in Path(folder).rglob("*.tmp"))
-
-
-@contextlib.contextmanager
-def one_thread():
-    """In-process runs with the subprocesses' single thread, so float results match bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- SIGKILL, then resume
@@ -105,14 +106,13 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(root)
     rng = random.Random(2024)
     killed = root / "killed"
     log = killed / "eurosat_log.jsonl"
-    for target in sorted(rng.sample(range(1, 8), 3)):  # kill once the log has `target` lines
-        proc = start("supernet.py", *flags(root, killed, *train, "--resume", "auto"))
-        wait_for(lambda: lines(log) >= target, proc)
-        time.sleep(rng.uniform(0, 0.05))
-        proc.kill()
-        proc.wait()
-        if (killed / "eurosat.pt").exists():  # whatever moment it was, the checkpoint loads
+    def loads():  # whatever moment it was, the checkpoint loads
+        if (killed / "eurosat.pt").exists():
             torch.load(killed / "eurosat.pt", weights_only=True)
+
+    # kill once the log has `target` lines
+    kill_at(rng, sorted(rng.sample(range(1, 8), 3)), lambda target: lines(log) >= target,
+            "supernet.py", *flags(root, killed, *train, "--resume", "auto"), after=loads)
     code, out, err = finish(start("supernet.py", *flags(root, killed, *train, "--resume", "auto")))
     assert code == 0, err
     a = torch.load(root / "straight" / "eurosat.pt", weights_only=True)
@@ -134,12 +134,9 @@ def test_sigkill_during_a_search_then_resume_equals_an_uninterrupted_search(root
         evolution.cli(flags(root, root / "s_straight", *search))
     rng = random.Random(7)
     killed = root / "s_killed"
-    for target in sorted(rng.sample(range(0, 5), 2)):  # kill once the state has `target` generations
-        proc = start("evolution.py", *flags(root, killed, *search, "--resume", "auto"))
-        wait_for(lambda: generation(killed) >= target, proc)
-        time.sleep(rng.uniform(0, 0.05))
-        proc.kill()
-        proc.wait()
+    # kill once the state has `target` generations
+    kill_at(rng, sorted(rng.sample(range(0, 5), 2)), lambda target: generation(killed) >= target,
+            "evolution.py", *flags(root, killed, *search, "--resume", "auto"))
     code, _, err = finish(start("evolution.py", *flags(root, killed, *search, "--resume", "auto")))
     assert code == 0, err
     a, b = (json.loads((root / d / "results.json").read_text()) for d in ("s_straight", "s_killed"))
