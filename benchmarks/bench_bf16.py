@@ -11,7 +11,7 @@ averages out over tokens, a weight rounded into W0 is not. Per-element errors ar
 
 ``e2e``: supernet.py then evolution.py on each task with the same seeds and settings, once per
 forward and precision (``--precision fp32|bf16``, CPU autocast); the old forward is the
-materialised one of bench_layer, patched in. Reported per run: final train loss, supernet
+materialised one of benchmarks/reference.py, patched in. Reported per run: final train loss, supernet
 validation accuracy, search and test accuracy, the chosen subnet, and for each bf16 run its
 distance to the fp32 run of the same forward (and fp32 old vs new: the noise floor of two
 fp32 runs that differ only in rounding). The test number is the unmerged subnet's;
@@ -32,8 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import reference
+from glora.layer import GLoRALinear
+from glora.run import evolution, supernet
+
 ROOT = Path(__file__).resolve().parents[1]
-from glora.layer import GLoRALinear  # noqa: E402
 
 NONE = {s: "none" for s in "ABCDE"}
 OPTIONS = [("A", "LoRA_4"), ("A", "vector"), ("A", "constant"), ("B", "LoRA_4"), ("B", "vector"),
@@ -91,16 +94,14 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def patch_old_forward() -> None:
     """Make GLoRALinear compute as before: W', b' materialised, one F.linear."""
-    import bench_layer
-    GLoRALinear.forward = bench_layer.MaterialisedGLoRALinear.forward
+    GLoRALinear.forward = reference.MaterialisedGLoRALinear.forward
 
 
 def run_cli(script: str, forward: str, argv: list[str]) -> None:
     """Worker: run supernet.py or evolution.py in this process with the chosen forward."""
     if forward == "old":
         patch_old_forward()
-    import importlib
-    module = importlib.import_module(script)
+    module = {"supernet": supernet, "evolution": evolution}[script]
     if script == "evolution":
         module.export_and_test = export_and_test_recording
     module.cli(argv)
@@ -111,9 +112,9 @@ def export_and_test_recording(args, task, model, test_loader, device, out):
     import timm
     import vtab
     import glora
-    from glora.engine import evaluate
-    from glora.merge import export_timm_folder
-    from glora.model import autocast_dtype
+    from glora.run.engine import evaluate
+    from glora.export.timm_folder import export_timm_folder
+    from glora.run.backbone import autocast_dtype
     amp = autocast_dtype(args.precision, device)
     unmerged = evaluate(model, test_loader, device, amp)
     merged = glora.merge_glora(copy.deepcopy(model).cpu())

@@ -11,7 +11,7 @@ every layer at every step, so it would recompile and is not a candidate):
             eval + inference_mode, a batch of --eval-images
   lora      a fixed LoRA subnet train step (forward + backward + AdamW), --batch-size
 
-Each is timed eager vs ``torch.compile(model)`` side by side (bench_layer's interleaved repeats,
+Each is timed eager vs ``torch.compile(model)`` side by side (the harness's interleaved repeats,
 paired ratios); the compile time (first call) and the number of graphs compiled while candidates
 change are reported.
 """
@@ -24,10 +24,10 @@ import time
 
 import torch
 
-import bench_layer as bl  # noqa: E402
-import glora  # noqa: E402
-from glora.merge import CandidateModel  # noqa: E402
-from glora.space import preset_subnet, sample_choice  # noqa: E402
+import glora
+from glora.merge import CandidateModel
+from glora.space import preset_subnet, sample_choice
+import harness
 
 QUICK = dict(embed_dim=32, depth=2, img_size=32, patch_size=8, heads=2, batch_size=16,
              eval_images=32, steps=2, repeats=3)
@@ -45,7 +45,7 @@ def timed_first_call(fn) -> float:
 
 
 def bench_scoring(args: argparse.Namespace) -> str:
-    model = bl.glora_supernet(bl.build_vit(args), args.rank)
+    model = harness.glora_supernet(harness.build_vit(args), args.rank)
     candidate = CandidateModel(model)
     plain = candidate.plain.eval()
     compiled = torch.compile(plain)
@@ -64,14 +64,14 @@ def bench_scoring(args: argparse.Namespace) -> str:
     run.i = 0
     before = graphs_compiled()
     first = timed_first_call(run(compiled))
-    times = bl.interleaved({"eager": run(plain), "compiled": run(compiled)}, args.steps,
+    times = harness.interleaved({"eager": run(plain), "compiled": run(compiled)}, args.steps,
                            args.repeats)
     graphs = graphs_compiled() - before
     with torch.inference_mode():
         diff = (compiled(x) - plain(x)).abs().max().item()
     return (f"| scoring (merged plain model, {args.eval_images} images) | "
             f"{statistics.median(times['eager']):.1f} | {statistics.median(times['compiled']):.1f} | "
-            f"{bl.paired_ratio(times, 'compiled', 'eager'):.3f} | {first:.0f} | {graphs} | {diff:.1e} |")
+            f"{harness.paired_ratio(times, 'compiled', 'eager'):.3f} | {first:.0f} | {graphs} | {diff:.1e} |")
 
 
 def bench_lora(args: argparse.Namespace) -> str:
@@ -80,23 +80,23 @@ def bench_lora(args: argparse.Namespace) -> str:
     y = torch.randint(0, args.classes, (args.batch_size,), generator=gen)
     models = {}
     for label in ("eager", "compiled"):
-        model = bl.glora_supernet(bl.build_vit(args), args.rank)
+        model = harness.glora_supernet(harness.build_vit(args), args.rank)
         glora.set_subnet(model, preset_subnet("lora", len(glora.glora_layers(model)), args.rank))
         glora.freeze_unused(model)
         models[label] = model
     compiled = torch.compile(models["compiled"])
-    steps = {"eager": bl.train_step(models["eager"], x, y), "compiled": bl.train_step(compiled, x, y)}
+    steps = {"eager": harness.train_step(models["eager"], x, y), "compiled": harness.train_step(compiled, x, y)}
     before = graphs_compiled()
     first = timed_first_call(steps["compiled"])
-    times = bl.interleaved(steps, args.steps, args.repeats)
+    times = harness.interleaved(steps, args.steps, args.repeats)
     graphs = graphs_compiled() - before
     return (f"| fixed LoRA subnet train step (batch {args.batch_size}) | "
             f"{statistics.median(times['eager']):.1f} | {statistics.median(times['compiled']):.1f} | "
-            f"{bl.paired_ratio(times, 'compiled', 'eager'):.3f} | {first:.0f} | {graphs} | - |")
+            f"{harness.paired_ratio(times, 'compiled', 'eager'):.3f} | {first:.0f} | {graphs} | - |")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = bl.get_args_parser()
+    p = harness.get_args_parser()
     p.description = __doc__.split("\n")[0]
     p.set_defaults(embed_dim=384, heads=6, steps=3, repeats=5)
     p.add_argument("--eval-images", type=int, default=200, help="images per scoring call")
@@ -105,7 +105,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    bl.prepare(args, QUICK)  # the cases below build their own inputs
+    harness.prepare(args, QUICK)  # the cases below build their own inputs
     start = time.perf_counter()
     rows = ["| use | eager ms | compiled ms | compiled / eager | compile s (first call) | "
             "graphs compiled | max abs diff |", "|---|---|---|---|---|---|---|"]

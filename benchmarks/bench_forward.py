@@ -6,14 +6,14 @@
 
 One process, one ViT (``vit_tiny_patch16_224`` with the sizes given, random init, drop_path
 0.1), one fixed batch; every case is a train step (forward + cross-entropy + backward + AdamW)
-timed side by side with bench_layer's ``interleaved`` (case order alternating between repeats;
+timed side by side with the harness's ``interleaved`` (case order alternating between repeats;
 a ratio is the median of the paired per-repeat ratios). Cases:
 
   full             full fine-tuning, no GLoRA
   probe            frozen backbone, head trains (the floor)
   supernet         GLoRA sampling mode, the layer's forward (ours)
   supernet-old     the same with the previous forward: W', b' materialised, one F.linear
-  supernet-naive   materialise everything: every support a tensor, every term (bench_layer)
+  supernet-naive   materialise everything: every support a tensor, every term (reference.py)
   <preset>         a fixed subnet (linear_probe, lora, bitfit, ssf, largest) with
                    freeze_unused, as supernet.py --subnet trains it; lora-old: the previous forward
 
@@ -34,10 +34,11 @@ import time
 import torch
 from torch import nn
 
-import bench_layer as bl  # noqa: E402
-import glora  # noqa: E402
-from glora.sampler import ChoiceSampler, plan_of  # noqa: E402
-from glora.space import PRESETS, preset_subnet, sample_choice  # noqa: E402
+import glora
+from glora.sampler import ChoiceSampler, plan_of
+from glora.space import PRESETS, preset_subnet, sample_choice
+import harness
+import reference
 
 DEFAULT_CASES = ("full,probe,supernet,supernet-old,supernet-naive,linear_probe,lora,lora-old,"
                  "bitfit,ssf,largest")
@@ -47,22 +48,22 @@ QUICK = dict(embed_dim=32, depth=2, img_size=32, patch_size=8, heads=2, batch_si
 
 def build_case(name: str, args: argparse.Namespace) -> nn.Module:
     """A fresh model for one case, its trainable set as that case trains it."""
-    model = bl.build_vit(args)
+    model = harness.build_vit(args)
     if name == "full":
         return model
     if name == "probe":
-        return bl.linear_probe(model)
-    model = bl.glora_supernet(model, args.rank)  # inject, non-zero supports, sampling mode
+        return harness.linear_probe(model)
+    model = harness.glora_supernet(model, args.rank)  # inject, non-zero supports, sampling mode
     if name == "supernet":
         return model
     if name in ("supernet-old", "supernet-naive"):
-        layer = bl.MaterialisedGLoRALinear if name == "supernet-old" else bl.NaiveGLoRALinear
-        return bl.naive_copy(model, layer)
+        layer = reference.MaterialisedGLoRALinear if name == "supernet-old" else reference.NaiveGLoRALinear
+        return reference.naive_copy(model, layer)
     preset, old = (name[:-4], True) if name.endswith("-old") else (name, False)
     if preset not in PRESETS:
         raise SystemExit(f"error: unknown case {name!r}")
     if old:
-        model = bl.naive_copy(model, bl.MaterialisedGLoRALinear)
+        model = reference.naive_copy(model, reference.MaterialisedGLoRALinear)
     glora.set_subnet(model, preset_subnet(preset, len(glora.glora_layers(model)), args.rank))
     glora.freeze_unused(model)
     return model
@@ -96,7 +97,7 @@ def bench_train(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> s
     names = args.cases.split(",")
     models = {name: build_case(name, args) for name in names}
     memory = {name: step_memory(m, x, y) for name, m in models.items()}
-    times = bl.interleaved({n: bl.train_step(m, x, y) for n, m in models.items()},
+    times = harness.interleaved({n: harness.train_step(m, x, y) for n, m in models.items()},
                            args.steps, args.repeats)
     refs = {"supernet": "supernet-naive", "supernet-old": "supernet-naive",
             "supernet-naive": "supernet-naive"}
@@ -106,20 +107,20 @@ def bench_train(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> s
     for name in names:
         ref = refs.get(name, name[:-4] if name.endswith("-old") and name[:-4] in names else "full")
         ratio = "-" if ref not in times or ref == name else \
-            f"{bl.paired_ratio(times, name, ref):.3f}; {best_ratio(times, name, ref):.3f} x {ref}"
-        vs_full = f"{bl.paired_ratio(times, name, 'full'):.3f}" if "full" in times else "-"
+            f"{harness.paired_ratio(times, name, ref):.3f}; {best_ratio(times, name, ref):.3f} x {ref}"
+        vs_full = f"{harness.paired_ratio(times, name, 'full'):.3f}" if "full" in times else "-"
         act, state = memory[name]
         lines.append(f"| {name} | {statistics.median(times[name]):.1f} | {ratio} | {vs_full} | "
-                     f"{bl.trainable(models[name]):,} | {act:.1f} | {state:.1f} |")
+                     f"{harness.trainable(models[name]):,} | {act:.1f} | {state:.1f} |")
     if "supernet-old" in times and "supernet" in times:
         lines.append(f"\nsupernet (ours) vs supernet-old: "
-                     f"{bl.paired_ratio(times, 'supernet', 'supernet-old'):.3f}x")
+                     f"{harness.paired_ratio(times, 'supernet', 'supernet-old'):.3f}x")
     return "\n".join(lines)
 
 
 def bench_inference(args: argparse.Namespace, x: torch.Tensor) -> str:
     """Merged GLoRA model vs plain timm (and the unmerged fixed subnet vs merged)."""
-    table, diff = bl.bench_inference(args, x)
+    table, diff = harness.bench_inference(args, x)
     return f"max |unmerged - merged| {diff:.1e}\n\n{table}"
 
 
@@ -145,7 +146,7 @@ def bench_host(layers: int, rank: int, draws: int = 2000) -> str:
              "|---|---|---|"]
     x = torch.randn(1, 8, requires_grad=True)
     cases = {}
-    for label, cls in (("ours", glora.GLoRALinear), ("previous forward", bl.MaterialisedGLoRALinear)):
+    for label, cls in (("ours", glora.GLoRALinear), ("previous forward", reference.MaterialisedGLoRALinear)):
         torch.manual_seed(0)
         layer = cls(torch.randn(8, 8), torch.randn(8), rank)
         layer.sampler = ChoiceSampler(1)  # not bound: one draw per call, as a lone layer
@@ -153,15 +154,15 @@ def bench_host(layers: int, rank: int, draws: int = 2000) -> str:
         def call(layer=layer):
             layer(x).sum().backward()
         cases[label] = call
-    times = bl.interleaved(cases, steps=500, repeats=7)
+    times = harness.interleaved(cases, steps=500, repeats=7)
     for label in cases:
         lines.append(f"| {label} (sampling) | {1e3 * statistics.median(times[label]):.0f} | "
-                     f"{bl.paired_ratio(times, label, 'previous forward'):.2f} |")
+                     f"{harness.paired_ratio(times, label, 'previous forward'):.2f} |")
     return "\n".join(lines)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = bl.get_args_parser()
+    p = harness.get_args_parser()
     p.description = __doc__.split("\n")[0]
     p.set_defaults(embed_dim=384, heads=6, steps=3, repeats=5)
     p.add_argument("--cases", type=str, default=DEFAULT_CASES, help="comma list of train cases")
@@ -170,7 +171,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    x, y = bl.prepare(args, QUICK)
+    x, y = harness.prepare(args, QUICK)
     start, skip = time.perf_counter(), set(args.skip.split(","))
     if "train" not in skip:
         print("Train step (forward + backward + AdamW):\n")

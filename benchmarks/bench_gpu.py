@@ -4,8 +4,8 @@
     python benchmarks/bench_gpu.py --tiny     # the same code on the CPU at tiny sizes (a smoke run)
 
 Everything runs through the project's own loops: ``vtab.Loader`` with the uint8 split resident
-on the device (normalised there), ``glora.engine.train_one_epoch`` (AdamW, fused on CUDA, as
-supernet.py), and for the search ``CandidateModel.load`` + ``glora.engine.evaluate`` on 200
+on the device (normalised there), ``glora.run.engine.train_one_epoch`` (AdamW, fused on CUDA, as
+supernet.py), and for the search ``CandidateModel.load`` + ``glora.run.engine.evaluate`` on 200
 images (as evolution.py scores a candidate). The images are random uint8 pixels: the cost does not
 depend on their content. Measured:
 
@@ -14,7 +14,7 @@ depend on their content. Measured:
   lora         the fixed LoRA subnet (B = LoRA_r everywhere, freeze_unused)
   full         full fine-tuning of the same ViT
   search       candidates scored per second (merge + evaluate on 200 images)
-  compiled     lora and search again with glora.compile.compile_fixed (torch.compile), with the
+  compiled     lora and search again with glora.run.compile.compile_fixed (torch.compile), with the
                compile time (first epoch / first candidate) apart; --no-compile skips them
 
 Peak memory is torch.cuda.max_memory_allocated per case. The extrapolation assumes, per task, the
@@ -31,13 +31,13 @@ from pathlib import Path
 
 import torch
 
-import glora  # noqa: E402
-import vtab  # noqa: E402
-from glora.compile import compile_fixed  # noqa: E402
-from glora.engine import evaluate, train_one_epoch  # noqa: E402
-from glora.merge import CandidateModel  # noqa: E402
-from glora.model import autocast_dtype, build_model, resolve_device  # noqa: E402
-from glora.space import preset_subnet, sample_choice  # noqa: E402
+import glora
+import vtab
+from glora.run.compile import compile_fixed
+from glora.run.engine import evaluate, train_one_epoch
+from glora.merge import CandidateModel
+from glora.run.backbone import autocast_dtype, build_model, resolve_device
+from glora.space import preset_subnet, sample_choice
 
 TINY = dict(device="cpu", model="vit_tiny_patch16_224", input_size=32, images=96, batch_size=16,
             max_batch=64, seconds=2.0, candidates=4, search_images=40,

@@ -4,7 +4,7 @@
     bash benchmarks/gpu_check.sh           # ViT-B/16, 1,000 images at 224, on a GPU (flags there)
 
 Generates a NOAH-layout task (``--images`` JPEGs of ``--source-size`` pixels, ``train800.txt``)
-in a temporary folder and trains on it with ``glora.engine.train_one_epoch`` (batch 64, shuffle,
+in a temporary folder and trains on it with ``glora.run.engine.train_one_epoch`` (batch 64, shuffle,
 drop_last, AdamW lr 1e-4 wd 1e-4, fused on CUDA as in supernet.py, random init, drop_path 0.1,
 rank 4). Cases (``--cases``):
 
@@ -38,8 +38,8 @@ import torch
 
 import glora
 import vtab
-from glora.engine import train_one_epoch
-from glora.model import autocast_dtype, build_model, resolve_device
+from glora.run.engine import train_one_epoch
+from glora.run.backbone import autocast_dtype, build_model, resolve_device
 from bench_data import TASK, PerItemDataset, make_task  # same folder (run as a script)
 
 TINY_KWARGS = '{"patch_size": 4, "embed_dim": 192, "depth": 4, "num_heads": 3}'

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import glora
-from glora.export_peft import export_peft, load_peft
+from glora.export.peft import export_peft, load_peft
 from glora.merge import CandidateModel
 from glora.search import EvolutionSearch
 

@@ -24,7 +24,7 @@ def inject_glora(model: nn.Module, rank: int, targets: str | None = None) -> lis
 
     Returns the replaced names in module order: the spine of subnets and search.
     """
-    names = _target_names(model, targets or DEFAULT_TARGETS)
+    names = target_names(model, targets or DEFAULT_TARGETS)
     for name in names:
         replace_module(model, name, GLoRALinear.from_linear(model.get_submodule(name), rank))
     return names
@@ -36,7 +36,7 @@ def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name), child, module)
 
 
-def _target_names(model: nn.Module, targets: str) -> list[str]:
+def target_names(model: nn.Module, targets: str) -> list[str]:
     # Refuse rather than skip: a bad regex, no match, or a non-Linear match (a Conv2d, a Linear
     # subclass such as MultiheadAttention's out_proj, a layer already wrapped) is a user error.
     try:

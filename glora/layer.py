@@ -64,7 +64,6 @@ class GLoRALinear(nn.Module):
         self.glora_E = nn.Parameter(torch.empty(out_features, **factory))  # (out,)
         self.choice: dict | None = None
         self.sampler: ChoiceSampler | None = None
-        self._slot: int | None = None  # position among the sampler's bound layers
         self.last_choice: dict | None = None  # the choice of the latest forward
         self.reset_parameters()
 

@@ -1,19 +1,16 @@
-"""One-way export of a GLoRA model to plain timm, and import of the original code's checkpoints."""
+"""Merging a GLoRA model into plain linears (one way), the search's merge-once candidate copy, and
+import of the original code's checkpoints. Writing the merged model out is ``glora.export``."""
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from glora.files import atomic_folder
 from glora.inject import glora_layers, replace_module
 from glora.layer import merged_linear
 from glora.space import SUPPORTS, validate_choice
-from glora.timm_bias import fit_gained_biases
 
 # The original code named the supports' tensors with bare letters (``blocks.0.attn.qkv.Ad``).
 ORIGINAL_TENSOR_NAMES = ("Ad", "Au", "Bd", "Bu", "Cd", "Cu", "D", "E")
@@ -92,26 +89,3 @@ class CandidateModel:
             else:
                 target.bias.copy_(bias)
         return self.plain
-
-
-def export_timm_folder(model: nn.Module, folder: str | os.PathLike, input_size: int,
-                       mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic") -> Path:
-    """Save a merged (plain timm) model as ``config.json`` + ``model.safetensors``.
-
-    The folder loads with ``timm.create_model('local-dir:<folder>', pretrained=True)`` and no
-    code from this project; its config records the preprocessing the model was tuned with. A layer
-    without bias that gained one in the merge sets timm's flag for it (``glora.timm_bias``).
-    Written to a temporary folder first, then renamed into place.
-    """
-    from timm.models import save_for_hf
-
-    if glora_layers(model):
-        raise ValueError("export needs a merged model; call glora.merge_glora(model) first")
-    model_args = fit_gained_biases(model)  # refuses before anything is written
-    folder = Path(folder)
-    data_config = {"input_size": (3, input_size, input_size), "interpolation": interpolation,
-                   "mean": tuple(mean), "std": tuple(std), "crop_pct": 1.0}
-    with atomic_folder(folder) as tmp:
-        save_for_hf(model, str(tmp), safe_serialization=True, data_config=data_config,
-                    model_args=model_args or None)
-    return folder

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import random
 from functools import lru_cache
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
+
+from torch import nn
 
 from glora.space import SUPPORTS, parse_option, support_options
-
-if TYPE_CHECKING:
-    from glora.layer import GLoRALinear
 
 
 class Plan(NamedTuple):
@@ -49,6 +48,7 @@ class ChoiceSampler:
     def __init__(self, seed: int = 0):
         self.rng = random.Random(seed)
         self._layers: list = []  # bound layers, injection order
+        self._slots: dict[int, int] = {}  # id(layer) -> its position among the bound layers
         self._pending: list[Plan | None] = []  # this forward's plans not yet taken, per layer
         self._options: dict[int, tuple] = {}  # rank -> the five option tuples (draw order)
 
@@ -63,17 +63,16 @@ class ChoiceSampler:
         choose = self.rng.choice  # as sample_choice: one rng.choice per support, in order
         return _plan(tuple(choose(opts) for opts in options), rank)
 
-    def bind(self, layers: Sequence["GLoRALinear"]) -> None:
-        """Serve these layers (in forward order) from one subnet draw per forward."""
+    def bind(self, layers: Sequence[nn.Module]) -> None:
+        """Serve these GLoRA layers (in forward order) from one subnet draw per forward."""
         if [id(m) for m in layers] != [id(m) for m in self._layers]:
             self._layers, self._pending = list(layers), [None] * len(layers)
-        for slot, layer in enumerate(layers):
-            layer._slot = slot
+            self._slots = {id(layer): slot for slot, layer in enumerate(layers)}
 
-    def next_plan(self, layer: "GLoRALinear") -> Plan:
-        """The plan ``layer`` uses in this forward; a new subnet draw when it has none pending."""
-        slot = layer._slot
-        if slot is None or slot >= len(self._layers) or self._layers[slot] is not layer:
+    def next_plan(self, layer: nn.Module) -> Plan:
+        """The plan GLoRA layer ``layer`` uses in this forward; a new subnet draw when none is pending."""
+        slot = self._slots.get(id(layer))
+        if slot is None or self._layers[slot] is not layer:
             return self._draw_plan(layer.rank)  # a layer this sampler does not serve in order
         plan = self._pending[slot]
         if plan is None:  # first layer of a new forward: draw every bound layer's plan

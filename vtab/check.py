@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from glora.progress import progress as progress_bar
+from glora.io.progress import progress as progress_bar
 
 from .dataset import README_HINT, SPLITS, read_list, task_dir
 from .images import not_regular, open_rgb

@@ -35,8 +35,8 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from glora.errors import ConfigError, GLoRAError
-from glora.files import atomic_write
-from glora.progress import progress as progress_bar
+from glora.io.files import atomic_write
+from glora.io.progress import progress as progress_bar
 
 from .images import (INTERPOLATIONS, decode_image, open_rgb, pil_pipeline,  # noqa: F401
                      resample)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from glora.errors import GLoRAError, one_line
-from glora.files import atomic_write, make_folder
+from glora.io.files import atomic_write, make_folder
 from vtab.report_table import default_tasks, method_table
 
 REFERENCE_CSV = Path(__file__).with_name("reference.csv")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from glora.errors import ConfigError, OutputError
-from glora.files import make_folder
+from glora.io.files import make_folder
 
 
 class OutputFolder:

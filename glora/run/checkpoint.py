@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from glora.errors import CheckpointError
-from glora.files import atomic_write
+from glora.io.files import atomic_write
+from glora.merge import convert_original_state_dict
 from glora.space import PRESETS, preset_subnet, validate_choice
 
 FORMAT_VERSION = 1
@@ -25,7 +26,7 @@ def versions() -> dict[str, str]:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through ``glora.files.atomic_write``: the previous file stays whole on any
+    """``torch.save`` through ``glora.io.files.atomic_write``: the previous file stays whole on any
     failure, and a full disk or read-only folder is an ``OutputError``."""
     atomic_write(path, lambda handle: torch.save(obj, handle))
 
@@ -107,8 +108,6 @@ def _is_original_format(ckpt: Any) -> bool:
 
 def _from_original(ckpt: dict, path: Path) -> dict:
     """Wrap an original-code checkpoint: renamed keys, rank from the tensor shapes."""
-    from glora.merge import convert_original_state_dict
-
     state = convert_original_state_dict(ckpt)
     down = {k: tuple(v.shape) for k, v in state.items() if k.endswith(".glora_Ad")}
     ranks = {shape[1] for shape in down.values() if len(shape) == 2}

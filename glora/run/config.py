@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from glora.compile import COMPILE_CHOICES
-from glora.files import atomic_write
+from glora.run.compile import COMPILE_CHOICES
+from glora.io.files import atomic_write
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -101,11 +101,35 @@ def given_keys(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> s
     return keys - {"config"}
 
 
+# The configs and sweep plans shipped in the package (glora/configs/*.yaml).
+SHIPPED = Path(__file__).resolve().parents[1] / "configs"
+
+
+def shipped_names() -> list[str]:
+    """Names of the shipped configs and plans (``demo``, ``mini_vtab``, ...)."""
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
+def find_config(reference: str | os.PathLike) -> Path | None:
+    """A config or plan file: the path itself if it is a file, else the shipped one of that name.
+
+    ``demo``, ``demo.yaml`` and ``configs/demo.yaml`` all name ``glora/configs/demo.yaml`` when no
+    such file exists where the command runs, so the same plans work from a checkout and an install.
+    """
+    path = Path(reference)
+    if path.is_file():
+        return path
+    if path.parent in (Path("."), Path("configs"), Path("glora/configs")) and path.suffix in ("", ".yaml"):
+        shipped = SHIPPED / f"{path.stem}.yaml"
+        return shipped if shipped.is_file() else None
+    return None
+
+
 def load_yaml_overrides(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
     """Read a YAML config; every key must be a parser destination, typed by its action."""
-    file = Path(path)
-    if not file.is_file():
-        raise SystemExit(f"error: config file not found: {file}")
+    file = find_config(path)
+    if file is None:
+        raise SystemExit(f"error: config file not found: {path} (nor a shipped config: {', '.join(shipped_names())})")
     try:
         raw = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as err:
@@ -177,7 +201,7 @@ def _plain(value: Any) -> Any:
 
 
 def write_yaml(path: str | os.PathLike, data: Any) -> None:
-    """Write YAML atomically (``glora.files.atomic_write``)."""
+    """Write YAML atomically (``glora.io.files.atomic_write``)."""
     atomic_write(path, yaml.safe_dump(data, sort_keys=False))
 
 

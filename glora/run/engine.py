@@ -10,7 +10,7 @@ from torch import nn
 
 from glora.errors import GLoRAError
 from glora.inject import set_subnet
-from glora.progress import progress as progress_bar
+from glora.io.progress import progress as progress_bar
 from glora.layer import ChoiceSampler
 
 

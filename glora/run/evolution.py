@@ -22,15 +22,15 @@ import torch
 
 import glora
 import vtab
-from glora.checkpoint import CheckpointError, subnet_document
-from glora.config import (add_common_args, config_dict, differing_settings, given_keys, parse_args,
+from glora.run.checkpoint import CheckpointError, subnet_document
+from glora.run.config import (add_common_args, config_dict, differing_settings, given_keys, parse_args,
                           sigterm_as_interrupt, write_yaml)
-from glora.engine import evaluate
+from glora.run.engine import evaluate
 from glora.errors import one_line_errors
-from glora.model import autocast_dtype, resolve_device
-from glora.checks import check_search
-from glora.outputs import OutputFolder
-from glora.searching import (ADOPTED, budget_limit, eval_loader, export_and_test, make_results, prepare,
+from glora.run.backbone import autocast_dtype, resolve_device
+from glora.run.preflight import check_search
+from glora.io.outputs import OutputFolder
+from glora.run.searcher import (ADOPTED, budget_limit, eval_loader, export_and_test, make_results, prepare,
                              resume_state, run_search, write_json)
 
 

@@ -14,19 +14,20 @@ from torch import nn
 
 import glora
 import vtab
-from glora.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_subnet,
+from glora.run.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_subnet,
                               state_digest, subnet_origin, versions)
-from glora.compile import compile_fixed, resolve_compile
-from glora.config import config_dict
-from glora.engine import evaluate
+from glora.run.compile import compile_fixed, resolve_compile
+from glora.run.config import config_dict
+from glora.run.engine import evaluate
 from glora.errors import TargetError
-from glora.merge import CandidateModel, export_timm_folder
-from glora.model import autocast_dtype, build_model
-from glora.files import atomic_write
-from glora.probe import forward_once
-from glora.progress import progress as progress_bar
+from glora.export.timm_folder import export_timm_folder
+from glora.merge import CandidateModel
+from glora.run.backbone import autocast_dtype, build_model
+from glora.io.files import atomic_write
+from glora.run.preflight import forward_once
+from glora.io.progress import progress as progress_bar
 from glora.search import EvolutionSearch, check_budget
-from glora.timm_bias import unexportable_bias_free
+from glora.export.timm_bias import unexportable_bias_free
 
 
 @dataclass

@@ -19,16 +19,16 @@ from pathlib import Path
 import torch
 
 import vtab
-from glora.checkpoint import CheckpointError, load_checkpoint
-from glora.checks import SUPERNET_RANGES, check_batch_size, check_common, check_ranges
-from glora.config import (add_common_args, config_dict, differing_settings, parse_args,
+from glora.run.checkpoint import CheckpointError, load_checkpoint
+from glora.run.preflight import SUPERNET_RANGES, check_batch_size, check_common, check_ranges
+from glora.run.config import (add_common_args, config_dict, differing_settings, parse_args,
                           sigterm_as_interrupt, write_yaml)
-from glora.distributed import close, init_world
-from glora.engine import NonFiniteLossError
+from glora.run.distributed import close, init_world
+from glora.run.engine import NonFiniteLossError
 from glora.errors import one_line_errors
-from glora.model import resolve_device
-from glora.outputs import OutputFolder
-from glora.training import Run, describe, fit, load_data, trim_log
+from glora.run.backbone import resolve_device
+from glora.io.outputs import OutputFolder
+from glora.run.trainer import Run, describe, fit, load_data, trim_log
 from vtab.dataset import count_listed
 
 

@@ -13,18 +13,18 @@ from timm.scheduler import CosineLRScheduler
 
 import glora
 import vtab
-from glora.checkpoint import (CheckpointError, atomic_torch_save, check_compatible, load_checkpoint,
+from glora.run.checkpoint import (CheckpointError, atomic_torch_save, check_compatible, load_checkpoint,
                               load_subnet, subnet_origin, versions)
-from glora.compile import compile_fixed, resolve_compile
-from glora.config import RUN_ONLY_KEYS, config_dict, differing_settings
-from glora.distributed import World, average_gradients, epoch_seed, mean_over_ranks
-from glora.engine import evaluate, evaluate_subnets, train_one_epoch, zero_fill_stepped_grads
-from glora.model import autocast_dtype, build_model
-from glora.checks import check_rank
-from glora.files import atomic_write
-from glora.probe import check_targets_called, forward_once
+from glora.run.compile import compile_fixed, resolve_compile
+from glora.run.config import RUN_ONLY_KEYS, config_dict, differing_settings
+from glora.run.distributed import World, average_gradients, epoch_seed, mean_over_ranks
+from glora.run.engine import evaluate, evaluate_subnets, train_one_epoch, zero_fill_stepped_grads
+from glora.run.backbone import autocast_dtype, build_model
+from glora.run.preflight import check_rank
+from glora.io.files import atomic_write
+from glora.run.preflight import check_targets_called, forward_once
 from glora.space import sample_choice
-from glora.timm_bias import unexportable_bias_free
+from glora.export.timm_bias import unexportable_bias_free
 
 
 # Settings a resumed run may change: where files are (a moved data tree, weights or subnet file,

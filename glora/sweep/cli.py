@@ -3,6 +3,7 @@ finished, run the rest locally (GPU slots or CPU processes) or on Slurm, then wr
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -11,9 +12,10 @@ from pathlib import Path
 from typing import Sequence
 
 from glora.errors import one_line_errors
-from glora.files import atomic_write
-from glora.sweep.jobs import build_jobs, mark_finished
+from glora.io.files import atomic_write
+from glora.sweep.jobs import build_jobs, job_environment, mark_finished
 from glora.sweep.local import LocalBackend, slots_for
+from glora.sweep.slurm import SlurmBackend, describe
 from glora.sweep.plan import (LIST_KEYS, SECTIONS, PlanError, build_plan, merge, parse_flag_string,
                               read_plan_file)
 from glora.sweep.status import Board, elapsed, summary
@@ -115,7 +117,7 @@ def report(runs: Path, tasks: list[str]) -> None:
         return
     log = runs / "report.log"
     done = subprocess.run([sys.executable, "-m", "vtab.report", str(runs), "--tasks", *tasks],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=job_environment(dict(os.environ)))
     atomic_write(log, done.stdout)
     rc = done.returncode
     if rc != 0:
@@ -135,14 +137,12 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(jobs, targets)
         if args.backend == "slurm":
-            from glora.sweep.slurm import describe
             describe(jobs, args)
         return 0
     start = time.time()
     done = sum(j.state == "done" for j in jobs.values())
     print(f"sweep: {len(jobs)} jobs under {plan.runs}; {done} already finished")
     if args.backend == "slurm":
-        from glora.sweep.slurm import SlurmBackend
         completed = SlurmBackend(args, plan.runs).run(jobs)
         if args.slurm_no_wait:
             print("slurm: submitted; run the same command again to see what finished and write the report")

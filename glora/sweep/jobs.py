@@ -1,4 +1,4 @@
-"""A plan expanded into jobs: each job is one call of supernet.py or evolution.py.
+"""A plan expanded into jobs: each job is one call of ``glora.run.supernet`` or ``glora.run.evolution``.
 
 Output tree (``S``: a seed; without --seeds that level is left out and each CLI keeps its default):
 
@@ -16,18 +16,28 @@ nothing is retrained for the GLoRA row), so they run once, under `val`.
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glora.config import parse_args
-from glora.sweep.plan import GLORA_METHODS, REPO, TRAIN_METHODS, Plan, cli_module
+import glora
+from glora.run.config import parse_args
+from glora.sweep.plan import GLORA_METHODS, TRAIN_METHODS, Plan, cli_module
 
 KINDS = ("supernet", "search", "train", "export")
 SCRIPTS = {"supernet": "supernet", "search": "evolution", "train": "supernet", "export": "evolution"}
 # States: waiting -> running -> done | failed | interrupted; skipped: a dependency did not finish;
 # unneeded: not finished, but everything that needs it is.
 STATES = ("done", "running", "failed", "interrupted", "skipped", "waiting", "unneeded")
+# Where this process imports glora from (a checkout or site-packages): jobs import the same code.
+IMPORT_ROOT = Path(glora.__file__).resolve().parents[1]
+
+
+def job_environment(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with :data:`IMPORT_ROOT` first on ``PYTHONPATH``, so a job runs this very package."""
+    rest = env.get("PYTHONPATH")
+    return {**env, "PYTHONPATH": str(IMPORT_ROOT) + (os.pathsep + rest if rest else "")}
 
 
 @dataclass
@@ -54,8 +64,8 @@ class Job:
         return self.out.with_name(self.out.name + ".log")
 
     def command(self) -> list[str]:
-        """The command line: the same interpreter, the CLI at the repository root."""
-        return [sys.executable, str(REPO / f"{self.script}.py"), *self.argv]
+        """The command line: the same interpreter, the step's module."""
+        return [sys.executable, "-m", f"glora.run.{self.script}", *self.argv]
 
 
 def _flags(*sections: dict) -> list[str]:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import IO
 
-from glora.sweep.jobs import Job, finished, in_use_by
+from glora.sweep.jobs import Job, finished, in_use_by, job_environment
 from glora.sweep.status import Board, last_line
 
 STOPPING_STATES = ("failed", "interrupted", "skipped")
@@ -50,7 +50,7 @@ class LocalBackend:
 
     def __init__(self, slots: list[str | None], board: Board, env: dict[str, str] | None = None):
         self.slots, self.board = slots, board
-        self.env = dict(os.environ if env is None else env)
+        self.env = job_environment(dict(os.environ if env is None else env))
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         # N processes with all cores' threads each would oversubscribe the CPU many times over.
         self.env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(slots))))

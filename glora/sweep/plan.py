@@ -3,24 +3,26 @@
 A plan comes from a YAML file and the command line (the command line wins, flag by flag) and is
 checked once, before anything runs: unknown keys, tasks, methods, protocols and flags are one-line
 errors. Flags are checked against the CLIs' own argparse parsers, so the sweep accepts exactly what
-``supernet.py`` and ``evolution.py`` accept.
+``glora.run.supernet`` and ``glora.run.evolution`` accept.
 """
 from __future__ import annotations
 
 import difflib
-import importlib
 import json
 import shlex
-import sys
 from argparse import Action, ArgumentParser
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Mapping
 
+import yaml
+
 from glora.errors import ConfigError
+from glora.run import evolution, supernet
+from glora.run.config import find_config, shipped_names
 from vtab.tasks import DataError, select_tasks
 
-REPO = Path(__file__).resolve().parents[2]
 # method -> the flags that make its train job (None: the GLoRA search row, no train job).
 TRAIN_METHODS: dict[str, list[str] | None] = {
     "glora": None,                 # supernet + search; the subnet keeps the supernet's weights
@@ -65,11 +67,12 @@ class Plan:
     method_flags: dict[str, Flags] = field(default_factory=dict)
 
 
-def cli_module(name: str):
-    """``supernet`` or ``evolution``: the CLI module at the repository root."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    return importlib.import_module(name)
+CLIS: dict[str, ModuleType] = {"supernet": supernet, "evolution": evolution}
+
+
+def cli_module(name: str) -> ModuleType:
+    """``supernet`` or ``evolution``: the step's command module in ``glora.run``."""
+    return CLIS[name]
 
 
 _PARSERS: dict[str, ArgumentParser] = {}
@@ -188,12 +191,11 @@ def _numbers(values: list, kind: type, what: str, ok) -> list:
 
 
 def read_plan_file(path: str | Path) -> dict[str, Any]:
-    """The YAML plan as a mapping; unknown top-level keys are errors."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise PlanError(f"plan file not found: {path}")
+    """The YAML plan (a file, or a shipped plan's name: ``demo``) as a mapping; unknown keys are errors."""
+    found = find_config(path)
+    if found is None:
+        raise PlanError(f"plan file not found: {path} (nor a shipped plan: {', '.join(shipped_names())})")
+    path = found
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

@@ -19,9 +19,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from glora.sweep.jobs import KINDS, Job, finished
+from glora.sweep.jobs import IMPORT_ROOT, KINDS, Job, finished
 from glora.sweep.local import launch
-from glora.sweep.plan import REPO, PlanError
+from glora.sweep.plan import PlanError
 from glora.sweep.status import Board, last_line
 
 DEFAULT_TIME_MIN = 1440
@@ -87,7 +87,7 @@ def arrays(jobs: dict[str, Job]) -> list[tuple[str, list[Job], list[str]]]:
 def parameters(args) -> dict:
     """submitit's SlurmExecutor parameters from the --slurm-* options."""
     params = {"time": args.slurm_time or DEFAULT_TIME_MIN, "job_name": "glora-sweep",
-              "setup": [f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}",
+              "setup": [f"export PYTHONPATH={IMPORT_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}",
                         "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"],
               "additional_parameters": {"chdir": os.getcwd()}}
     for option, key in (("partition", "partition"), ("gpus", "gpus_per_node"), ("cpus", "cpus_per_task"),

@@ -11,13 +11,14 @@ import yaml
 from torch import nn
 
 import glora
-import supernet
-from glora.export_peft import base_copy, cli, export_peft, load_peft, to_peft_model, _write
+from glora.run import supernet
+from glora.export.peft import base_copy, export_peft, load_peft, to_peft_model, _write
+from glora.run.export_peft import cli
 from glora.layer import GLoRALinear
-from glora.peft_map import PeftExportError, encode_layer, names_regex, plan_adapters
+from glora.export.peft_map import PeftExportError, encode_layer, names_regex, plan_adapters
 from glora.space import all_choices, sample_choice
-from tests.conftest import TINY_VIT_KWARGS, make_noah_task, make_tiny_vit, randomize_glora, save_tiny_backbone
-from tests.extras import require
+from tests.helpers import TINY_VIT_KWARGS, make_noah_task, make_tiny_vit, randomize_glora, save_tiny_backbone
+from tests.helpers import require
 
 peft = require("peft")
 from peft.tuners.glora import GloraConfig, GloraLinear  # noqa: E402
@@ -168,7 +169,7 @@ def supernet_run(tmp_path):
 
 
 def test_cli_exports_a_checkpoint_and_subnet_file(supernet_run, capsys):
-    """Fails if `python -m glora.export_peft` cannot rebuild the model from a supernet checkpoint
+    """Fails if `python -m glora.run.export_peft` cannot rebuild the model from a supernet checkpoint
     and a subnet.yaml, or writes adapters that do not compute the subnet."""
     tmp = supernet_run
     names = [f"blocks.{i}.{m}" for i in range(2) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
@@ -177,7 +178,7 @@ def test_cli_exports_a_checkpoint_and_subnet_file(supernet_run, capsys):
     (tmp / "subnet.yaml").write_text(yaml.safe_dump({"rank": RANK, "layers": subnet}))
     cli(["--checkpoint", str(tmp / "sn" / "eurosat.pt"), "--subnet", str(tmp / "subnet.yaml"), "--out", str(tmp / "peft")])
     assert "PEFT GLoRA adapter(s) for 8 layers" in capsys.readouterr().out
-    from glora.model import build_model
+    from glora.run.backbone import build_model
     ours = build_model("vit_tiny_patch16_224", 10, str(tmp / "bb.safetensors"), TINY_VIT_KWARGS, 0.0)
     glora.inject_glora(ours, RANK)
     glora.load_trained_state(ours, torch.load(tmp / "sn" / "eurosat.pt", weights_only=True)["state_dict"])

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-import evolution
+from glora.run import evolution
 import glora
-import supernet
+from glora.run import supernet
 import vtab
-from tests.conftest import make_tiny_vit, randomize_glora, write_tiny_setup
+from tests.helpers import make_tiny_vit, randomize_glora, write_tiny_setup
 
 NONE = {s: "none" for s in "ABCDE"}
 
@@ -85,7 +85,7 @@ def test_no_qkv_bias_merged_state_dict_gains_a_qkv_bias_when_c_or_e_is_used(supp
 def test_bf16_accuracy_difference_after_merging_is_checked_in_fp32(capsys):
     """Fails if a bf16 rounding difference between the merged and the unmerged model (an image at a
     decision boundary) stops the export, or if a merge that is wrong in fp32 passes."""
-    from glora.searching import check_merge_in_fp32
+    from glora.run.searcher import check_merge_in_fp32
     model = make_tiny_vit()
     glora.inject_glora(model, rank=2)
     glora.set_subnet(model, [{**NONE, "A": "LoRA_2", "B": "vector", "E": "vector"}] * len(glora.glora_layers(model)))

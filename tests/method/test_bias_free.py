@@ -7,10 +7,10 @@ from torch import nn
 
 import glora
 from glora.layer import GLoRALinear, merged_linear
-from glora.merge import export_timm_folder
+from glora.export.timm_folder import export_timm_folder
 from glora.space import all_choices, choice_params
-from glora.timm_bias import fit_gained_biases, unexportable_bias_free
-from tests.conftest import TINY_VIT_KWARGS, make_tiny_vit, randomize_glora
+from glora.export.timm_bias import fit_gained_biases, unexportable_bias_free
+from tests.helpers import TINY_VIT_KWARGS, make_tiny_vit, randomize_glora
 
 RANK = 2
 IN, OUT = 6, 5

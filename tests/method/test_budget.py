@@ -7,11 +7,11 @@ import pytest
 import torch
 import yaml
 
-import evolution
+from glora.run import evolution
 import glora
-import supernet
+from glora.run import supernet
 from glora.layer import GLoRALinear
-from tests.conftest import make_tiny_vit, parse_subnet_key, write_tiny_setup
+from tests.helpers import make_tiny_vit, parse_subnet_key, write_tiny_setup
 
 OPTIONS = {"A": ("LoRA_4", "LoRA_2", "vector", "constant"), "B": ("LoRA_4", "LoRA_1", "vector", "constant"),
            "C": ("LoRA_4", "LoRA_3", "vector"), "D": ("vector", "constant"), "E": ("vector", "constant")}

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import glora
-from glora.merge import CandidateModel, export_timm_folder
-from glora.probe import check_targets_called
+from glora.export.timm_folder import export_timm_folder
+from glora.merge import CandidateModel
+from glora.run.preflight import check_targets_called
 from glora.search import EvolutionSearch, feasible_range
 
 RANK = 2

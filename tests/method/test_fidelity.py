@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import glora
-from glora.engine import train_one_epoch
+from glora.run.engine import train_one_epoch
 from glora.merge import CandidateModel
 from glora.search import crossover, mutate, random_candidate
 from glora.space import SUPPORTS, search_space, subnet_params
-from tests.conftest import make_tiny_vit, randomize_glora
+from tests.helpers import make_tiny_vit, randomize_glora
 
 VIT_B = [(768, 2304), (768, 768), (768, 3072), (3072, 768)] * 12
 RANK = 4
@@ -174,7 +174,7 @@ def test_candidate_model_scores_bias_free_layers(choice):
 
 def test_supernet_default_dataset_is_the_originals():
     """Fails if supernet.py's --dataset default drifts from the original's caltech101."""
-    import supernet
+    from glora.run import supernet
 
     assert supernet.get_args_parser().parse_args([]).dataset == "caltech101"
     assert supernet.get_args_parser().parse_args([]).unused_supports == "update"

@@ -8,7 +8,7 @@ from torch import nn
 
 import glora
 from glora.space import sample_choice
-from tests.conftest import TINY_VIT_KWARGS, make_tiny_vit, randomize_glora
+from tests.helpers import TINY_VIT_KWARGS, make_tiny_vit, randomize_glora
 
 
 def random_subnet(n_layers: int, seed: int, rank: int = 4) -> list[dict]:

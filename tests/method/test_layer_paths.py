@@ -10,7 +10,7 @@ import glora
 import glora.layer
 from glora.layer import GLoRALinear, plan_of, used_tensor_names
 from glora.space import all_choices, sample_choice
-from tests.conftest import make_tiny_vit, randomize_glora
+from tests.helpers import make_tiny_vit, randomize_glora
 
 NONE = {s: "none" for s in "ABCDE"}
 
@@ -257,7 +257,7 @@ def test_bf16_keeps_a_small_low_rank_increment_apart_from_w0(support):
 def test_compile_flag_and_refusal_of_a_sampling_supernet():
     """Fails if --compile resolves wrongly, or if a supernet in sampling mode (a new path every
     step: a recompile every step) is compiled instead of refused with a clear message."""
-    from glora.compile import compile_fixed, resolve_compile
+    from glora.run.compile import compile_fixed, resolve_compile
     assert resolve_compile("on", "cpu") and not resolve_compile("off", "cuda")
     assert not resolve_compile("auto", "cpu")  # measured: compile time not recovered on the CPU
     with pytest.raises(ValueError, match="valid: auto, on, off"):

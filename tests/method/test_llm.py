@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 
 import glora
-from glora.export_peft import export_peft, load_peft, to_peft_model
+from glora.export.peft import export_peft, load_peft, to_peft_model
 from glora.merge import CandidateModel
-from glora.peft_map import PeftExportError
-from glora.probe import check_targets_called
+from glora.export.peft_map import PeftExportError
+from glora.run.preflight import check_targets_called
 from glora.search import EvolutionSearch, feasible_range
 from glora.space import sample_choice
-from tests.extras import require
+from tests.helpers import require
 
 transformers = require("transformers")
 require("peft")

@@ -12,8 +12,8 @@ import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 import glora
-import supernet
-from tests.conftest import make_tiny_vit, randomize_glora, write_tiny_setup
+from glora.run import supernet
+from tests.helpers import make_tiny_vit, randomize_glora, write_tiny_setup
 
 RANK = 4
 # The default space at rank 4, written out independently of glora.space.

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 import glora
-from glora.probe import check_targets_called
-from tests.conftest import make_tiny_vit
+from glora.run.preflight import check_targets_called
+from tests.helpers import make_tiny_vit
 
 
 def one_line_error(model, targets) -> str:

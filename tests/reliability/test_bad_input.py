@@ -7,11 +7,11 @@ import pytest
 import torch
 import yaml
 
-import evolution
-import supernet
+from glora.run import evolution
+from glora.run import supernet
 import vtab
 import vtab.report
-from tests.conftest import TINY_VIT_KWARGS, make_tiny_vit, write_tiny_setup
+from tests.helpers import TINY_VIT_KWARGS, make_tiny_vit, write_tiny_setup
 
 SMALL_SEARCH = ["--population-num", "4", "--select-num", "2", "--mutation-num", "2", "--crossover-num", "2",
                 "--max-epochs", "1"]
@@ -221,8 +221,8 @@ def test_interrupt_before_the_first_generation_does_not_name_a_missing_state(roo
     exist and suggests --resume."""
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr("glora.searching.eval_loader", stop)
-    monkeypatch.setattr("evolution.eval_loader", stop)
+    monkeypatch.setattr("glora.run.searcher.eval_loader", stop)
+    monkeypatch.setattr("glora.run.evolution.eval_loader", stop)
     text = str(pytest.raises(SystemExit, evolution.cli, [
         "--config", str(root / "tiny.yaml"), "--dataset", "eurosat", "--load_path", str(root / "sup"),
         "--save_path", str(root / "early"), "--param-limits", "0.006"]).value.code)

@@ -2,16 +2,16 @@
 any other exception (a bug) keep its traceback."""
 import pytest
 
-import evolution
-import supernet
+from glora.run import evolution
+from glora.run import supernet
 import vtab
 import vtab.check
 import vtab.report
 from glora import errors
-from glora.checkpoint import CheckpointError
-from glora.engine import NonFiniteLossError
-from glora.model import WeightsError
-from glora.peft_map import PeftExportError
+from glora.run.checkpoint import CheckpointError
+from glora.run.engine import NonFiniteLossError
+from glora.run.backbone import WeightsError
+from glora.export.peft_map import PeftExportError
 from glora.search import BudgetError
 from glora.sweep import cli as sweep_cli
 from glora.sweep.plan import PlanError
@@ -84,8 +84,8 @@ def test_report_and_check_one_line_for_gloraerror_traceback_otherwise(monkeypatc
 
 
 def test_export_peft_one_line_for_gloraerror_traceback_otherwise(monkeypatch):
-    """Fails if python -m glora.export_peft still catches plain ValueError."""
-    from glora import export_peft
+    """Fails if python -m glora.run.export_peft still catches plain ValueError."""
+    from glora.run import export_peft
     raise_in(monkeypatch, export_peft, "main", PeftExportError("blocks.0.mlp.fc1: no bias"))
     with pytest.raises(SystemExit, match="^error: blocks.0.mlp.fc1: no bias$"):
         export_peft.cli(["--checkpoint", "x.pt", "--out", "o"])

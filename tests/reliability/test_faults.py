@@ -22,11 +22,11 @@ import pytest
 import torch
 import yaml
 
-import evolution
-import supernet
-from tests.conftest import one_thread, write_tiny_setup
+from glora.run import evolution
+from glora.run import supernet
+from tests.helpers import one_thread, write_tiny_setup
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SEARCH = ["--population-num", "4", "--select-num", "2", "--mutation-num", "2", "--crossover-num", "2",
           "--param-limits", "0.006"]
@@ -272,7 +272,7 @@ class Disk:
             room = shutil.disk_usage(self.path).free - spare
             (self.path / "filler").write_bytes(b"\0" * max(room, 0))
             return
-        from glora.files import _Tracked
+        from glora.io.files import _Tracked
         real = _Tracked.write
 
         def full(tracked, data):  # a file that would outgrow the spare bytes fails as on a full disk
@@ -305,7 +305,7 @@ def disk(tmp_path, monkeypatch):
 def test_full_disk_keeps_the_last_checkpoint_and_leaves_no_temporary(root, disk, monkeypatch):
     """Fails if a full disk gives three chained tracebacks, costs the previous checkpoint, or leaves
     a half-written .tmp that holds the space a resume needs; then a resume with space finishes."""
-    from tests.test_supernet import interrupt_at
+    from tests.helpers import interrupt_at
     out = disk.path / "run"
     train = flags(root, out, "--epochs", "4", "--lr", "1e-2", "--eval-every", "4")
     with monkeypatch.context() as m:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from glora.errors import OutputError
-from glora.files import atomic_folder, atomic_write
+from glora.io.files import atomic_folder, atomic_write
 
 
 def no_space(handle):
@@ -40,7 +40,7 @@ def test_torch_save_disk_error_is_named_not_a_runtime_error(tmp_path, monkeypatc
         def flush(self):
             pass
 
-    monkeypatch.setattr("glora.files._Tracked", Full)
+    monkeypatch.setattr("glora.io.files._Tracked", Full)
     with pytest.raises(OutputError, match="no space left on the device"):
         atomic_write(tmp_path / "x.pt", lambda handle: torch.save({"a": torch.zeros(3)}, handle))
     monkeypatch.undo()
@@ -118,11 +118,11 @@ def test_interrupt_inside_torch_save_stays_an_interrupt(tmp_path):
         def flush(self):
             self.handle.flush()
 
-    import glora.files
-    real, glora.files._Tracked = glora.files._Tracked, Interrupting
+    import glora.io.files
+    real, glora.io.files._Tracked = glora.io.files._Tracked, Interrupting
     try:
         with pytest.raises(KeyboardInterrupt):
             atomic_write(tmp_path / "x.pt", lambda handle: torch.save({"a": torch.zeros(1000)}, handle))
     finally:
-        glora.files._Tracked = real
+        glora.io.files._Tracked = real
     assert os.listdir(tmp_path) == []

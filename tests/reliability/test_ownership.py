@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-import evolution
-import supernet
-from tests.conftest import write_tiny_setup
+from glora.run import evolution
+from glora.run import supernet
+from tests.helpers import write_tiny_setup
 
 SMALL_SEARCH = ["--population-num", "4", "--select-num", "2", "--mutation-num", "2", "--crossover-num", "2",
                 "--max-epochs", "1", "--param-limits", "0.006"]
@@ -145,7 +145,7 @@ def test_search_state_records_the_supernet_and_refuses_another(root):
     more) is accepted: results.json would report the old supernet's accuracy for the new weights."""
     state = json.loads((root / "search" / "search_state.json").read_text())
     ckpt = torch.load(root / "sup" / "eurosat.pt", weights_only=True)
-    from glora.checkpoint import state_digest
+    from glora.run.checkpoint import state_digest
     assert state["supernet"] == {"checkpoint": str(root / "sup" / "eurosat.pt"), "epoch": 3,
                                  "sha256": state_digest(ckpt["state_dict"])}
     results = json.loads((root / "search" / "results.json").read_text())

@@ -1,10 +1,10 @@
-"""glora.progress: a tqdm bar on a terminal, a few plain lines in a log, nothing when disabled."""
+"""glora.io.progress: a tqdm bar on a terminal, a few plain lines in a log, nothing when disabled."""
 import io
 import re
 
 from tqdm import tqdm
 
-from glora.progress import PlainProgress, progress
+from glora.io.progress import PlainProgress, progress
 
 LINE = re.compile(r"decode: (\d+)/100 img \((\d+)%\) \d+\.\d s( done| stopped)?")
 
@@ -86,11 +86,11 @@ def test_terminal_gets_tqdm_and_disabled_writes_nothing():
 
 
 def test_training_epoch_and_search_bars_write_plain_lines_into_a_log(capsys):
-    """Fails if glora.engine's epoch bar writes tqdm's carriage-return bar into a log that is not a
+    """Fails if glora.run.engine's epoch bar writes tqdm's carriage-return bar into a log that is not a
     terminal, or more than a first and a last line per epoch."""
     import torch
 
-    from glora.engine import train_one_epoch
+    from glora.run.engine import train_one_epoch
     model = torch.nn.Linear(4, 3)
     batches = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in range(25)]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

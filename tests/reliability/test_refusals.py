@@ -8,9 +8,9 @@ import re
 import pytest
 import yaml
 
-import evolution
-import supernet
-from tests.conftest import TINY_VIT_KWARGS, write_tiny_setup
+from glora.run import evolution
+from glora.run import supernet
+from tests.helpers import TINY_VIT_KWARGS, write_tiny_setup
 
 LAYERS = [f"blocks.{i}.{n}" for i in range(2) for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
 CHOICE = {"A": "vector", "B": "none", "C": "none", "D": "none", "E": "constant"}

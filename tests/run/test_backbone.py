@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from glora.model import WeightsError, build_model, load_backbone
-from tests.conftest import TINY_VIT_KWARGS, make_tiny_vit, save_google_npz, save_tiny_backbone
+from glora.run.backbone import WeightsError, build_model, load_backbone
+from tests.helpers import TINY_VIT_KWARGS, make_tiny_vit, save_google_npz, save_tiny_backbone
 
 
 def backbone_equal(a, b):

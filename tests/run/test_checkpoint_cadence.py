@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import supernet
-from tests.conftest import on_optimizer_step, one_thread, write_tiny_setup
+from glora.run import supernet
+from tests.helpers import on_optimizer_step, one_thread, write_tiny_setup
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STEPS_PER_EPOCH = 3
 
 
@@ -145,7 +145,7 @@ DRIVER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 from torch.optim.optimizer import register_optimizer_step_post_hook
-import supernet
+from glora.run import supernet
 marker, wait_at = sys.argv[2], int(sys.argv[3])
 steps = []
 def hook(optimizer, args, kwargs):

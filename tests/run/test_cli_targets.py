@@ -6,9 +6,9 @@ import pytest
 import torch
 import yaml
 
-import evolution
-import supernet
-from tests.conftest import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
+from glora.run import evolution
+from glora.run import supernet
+from tests.helpers import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
 
 QKV = r"blocks\.\d+\.attn\.qkv"
 SMALL = ["--population-num", "6", "--select-num", "3", "--mutation-num", "3", "--crossover-num", "3",

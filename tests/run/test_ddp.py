@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
-import supernet
+from glora.run import supernet
 import vtab
-from tests.conftest import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
-from tests.test_supernet import interrupt_at
+from tests.helpers import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
+from tests.helpers import interrupt_at
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_loader_shards_are_the_single_process_batches(tmp_path):

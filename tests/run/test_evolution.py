@@ -9,13 +9,13 @@ import timm
 import torch
 import yaml
 
-import evolution
-import glora.searching
-import supernet
+from glora.run import evolution
+import glora.run.searcher
+from glora.run import supernet
 import vtab
-from glora.config import parse_args
-from glora.engine import evaluate
-from tests.conftest import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
+from glora.run.config import parse_args
+from glora.run.engine import evaluate
+from tests.helpers import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
 
 SMALL_SEARCH = ["--population-num", "8", "--select-num", "3", "--mutation-num", "3",
                 "--crossover-num", "3", "--max-epochs", "2"]
@@ -86,7 +86,7 @@ def test_exported_folder_needs_no_project_code(trained, tmp_path):
 def test_interrupted_search_resumes_to_the_same_result(trained, monkeypatch):
     straight = search(trained, "straight", *SMALL_SEARCH)
     calls = {"n": 0}
-    real = glora.searching.evaluate
+    real = glora.run.searcher.evaluate
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -95,7 +95,7 @@ def test_interrupted_search_resumes_to_the_same_result(trained, monkeypatch):
         return real(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(glora.searching, "evaluate", flaky)
+        m.setattr(glora.run.searcher, "evaluate", flaky)
         with pytest.raises(SystemExit, match="search_state.json; continue with --resume"):
             search(trained, "resumed", *SMALL_SEARCH)
     state = json.loads((trained / "resumed" / "search_state.json").read_text())

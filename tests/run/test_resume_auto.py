@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-import evolution
-import supernet
-from tests.conftest import write_tiny_setup
-from tests.test_supernet import assert_same_tensors, interrupt_at
+from glora.run import evolution
+from glora.run import supernet
+from tests.helpers import write_tiny_setup
+from tests.helpers import assert_same_tensors, interrupt_at
 
 
 @pytest.fixture(scope="module")

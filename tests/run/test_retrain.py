@@ -7,10 +7,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import evolution
-import supernet
-from glora.checkpoint import load_checkpoint
-from tests.conftest import write_tiny_setup
+from glora.run import evolution
+from glora.run import supernet
+from glora.run.checkpoint import load_checkpoint
+from tests.helpers import write_tiny_setup
 
 SMALL_SEARCH = ["--population-num", "6", "--select-num", "3", "--mutation-num", "3",
                 "--crossover-num", "3", "--max-epochs", "1", "--param-limits", "0.006"]

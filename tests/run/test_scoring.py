@@ -12,11 +12,11 @@ import timm
 import torch
 import yaml
 
-import evolution
+from glora.run import evolution
 import glora
-import supernet
-from glora.model import build_model
-from tests.conftest import (TINY_VIT_KWARGS, accuracy_bounds, on_optimizer_step, parse_subnet_key,
+from glora.run import supernet
+from glora.run.backbone import build_model
+from tests.helpers import (TINY_VIT_KWARGS, accuracy_bounds, on_optimizer_step, parse_subnet_key,
                             write_tiny_setup)
 
 SIZES = (("train800", 48), ("val200", 16), ("test", 21))  # 16 vs 21 images: equal accuracies

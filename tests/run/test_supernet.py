@@ -6,11 +6,11 @@ import pytest
 import torch
 import yaml
 
-import glora.engine
-import glora.training
-import supernet
-from glora.config import parse_args
-from tests.conftest import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
+import glora.run.engine
+import glora.run.trainer
+from glora.run import supernet
+from glora.run.config import parse_args
+from tests.helpers import TINY_VIT_KWARGS, assert_same_tensors, interrupt_at, make_noah_task, save_tiny_backbone
 
 
 @pytest.fixture
@@ -31,10 +31,6 @@ def run(setup, out, *extra):
     return torch.load(setup / out / "eurosat.pt", weights_only=True)
 
 
-def assert_same_tensors(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def test_end_to_end_outputs(setup):
@@ -63,18 +59,6 @@ def test_same_seed_gives_identical_checkpoint(setup):
     assert a["sampler"] == b["sampler"]
     c = run(setup, "c", "--seed", "7")
     assert not torch.equal(a["state_dict"]["head.weight"], c["state_dict"]["head.weight"])
-
-
-def interrupt_at(monkeypatch, epoch_to_interrupt):
-    real = glora.training.train_one_epoch
-
-    def flaky(model, loader, optimizer, device, epoch, *args, **kwargs):
-        if epoch == epoch_to_interrupt:
-            next(iter(loader))  # part of the epoch has happened
-            raise KeyboardInterrupt
-        return real(model, loader, optimizer, device, epoch, *args, **kwargs)
-
-    monkeypatch.setattr(glora.training, "train_one_epoch", flaky)
 
 
 def test_interrupt_saves_and_resume_equals_uninterrupted(setup, monkeypatch):
@@ -134,7 +118,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, monkeypatch):
         calls["n"] += 1
         return loss * float("nan") if calls["n"] > 6 else loss  # 3 steps per epoch: NaN in epoch 3
 
-    monkeypatch.setattr(glora.engine, "F", types.SimpleNamespace(cross_entropy=poisoned))
+    monkeypatch.setattr(glora.run.engine, "F", types.SimpleNamespace(cross_entropy=poisoned))
     with pytest.raises(SystemExit, match=r"loss became nan at epoch 3 .*kept the last good checkpoint"):
         run(setup, "out", "--eval-every", "1")
     ckpt = torch.load(setup / "out" / "eurosat.pt", weights_only=True)
@@ -162,7 +146,7 @@ def test_fixed_subnet_trains_only_the_tensors_it_uses(setup):
     args = parse_args(supernet.get_args_parser(), ["--config", str(setup / "tiny.yaml"), "--dataset", "eurosat",
                                                     "--subnet", "lora"])
     torch.manual_seed(args.seed)
-    init = glora.training.Run(args, torch.device("cpu")).trained_state()
+    init = glora.run.trainer.Run(args, torch.device("cpu")).trained_state()
     changed = {k for k in init if not torch.equal(init[k], ckpt["state_dict"][k])}
     assert changed == {k for k in init if k.endswith(("glora_Bd", "glora_Bu")) or k.startswith("head.")}
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY_VIT_KWARGS, save_tiny_backbone
+from tests.helpers import TINY_VIT_KWARGS, save_tiny_backbone
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FOLDERS = {"linear_probe": "linear_probe", "lora": "lora", "glora": "glora_0.004M",
            "glora_retrain": "glora_retrain_0.004M", "full_finetune": "full_finetune"}
 SHORT = "--epochs 1 --warmup-epochs 0 --eval-every 1"

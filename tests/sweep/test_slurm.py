@@ -18,9 +18,9 @@ from glora.sweep.cli import get_args_parser, plan_from
 from glora.sweep.jobs import build_jobs
 from glora.sweep.slurm import NodeCall
 from tests import slurm_node
-from tests.conftest import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
+from tests.helpers import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASKS = ("eurosat", "patch_camelyon")
 
 

@@ -16,10 +16,10 @@ import yaml
 from glora.sweep.cli import cli, get_args_parser, plan_from
 from glora.sweep.jobs import Job, build_jobs
 from glora.sweep.status import Board
-from tests.conftest import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
+from tests.helpers import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
 from vtab.tasks import GROUPS, MINI_TASKS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEARCH = {"population-num": 4, "select-num": 2, "mutation-num": 2, "crossover-num": 2, "max-epochs": 1}
 
 

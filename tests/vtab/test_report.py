@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import write_result
 from vtab.report import (AVERAGES, collect, group_means, load_reference, main, read_result,
                          summarize)
 
@@ -18,20 +19,6 @@ TASKS = NATURAL + SPECIALIZED + STRUCTURED
 CSV_HEADER = (["label", "protocol", "selection_split", "params_M"] + TASKS
               + ["natural", "specialized", "structured", "mean_of_groups", "mean_19"])
 GLORA_1M = "ours: glora@1.0M [val, selected on val200]"
-
-
-def write_result(runs: Path, task: str, acc: float, seed: int = 1, budget: float = 1.0,
-                 method: str = "glora", protocol: str = "val", split: str = "val200",
-                 params: int = 800_000) -> Path:
-    """One results.json in the sweep layout RUNS/<task>/<budget>M_seed<seed>/results.json."""
-    path = runs / task / f"{budget}M_seed{seed}" / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "dataset": task, "group": "natural", "method": method, "protocol": protocol,
-        "selection_split": split, "search_acc1": acc + 1.0, "test_acc1": acc, "params": params,
-        "params_M": params / 1e6, "head_params": 7690, "param_limit_M": budget, "rank": 4,
-        "seed": seed, "supernet_seed": 42, "model": "vit_base_patch16_224_in21k"}))
-    return path
 
 
 def run_report(runs: Path, out: Path, *extra: str) -> tuple[str, list[dict]]:
@@ -83,12 +70,12 @@ def test_reference_copy_keeps_sources_and_matches_the_upstream_file_if_present()
     """Fails if vtab/reference.csv is missing or loses its sources, or (where the upstream copy
     sits next to this checkout) its rows drift from it. Without the upstream file only the repo's
     own copy is checked: nothing is skipped."""
-    ours = Path(__file__).resolve().parents[1] / "vtab" / "reference.csv"
+    ours = Path(__file__).resolve().parents[2] / "vtab" / "reference.csv"
     text = ours.read_text()
     assert "Sources:" in text and "2026-11-28" in text
     data = lambda t: [l for l in t.splitlines() if l.strip() and not l.startswith("#")]  # noqa
     assert len(data(text)) == 1 + len(load_reference().rows)  # header + the published rows
-    upstream = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vtab1k_reference.csv"
+    upstream = Path(__file__).resolve().parents[3] / "shared" / "reference" / "vtab1k_reference.csv"
     if upstream.exists():
         assert data(text) == data(upstream.read_text())
 

@@ -3,7 +3,7 @@ the per-seed means, GLoRA's variants and the protocols as columns."""
 import json
 import statistics
 
-from tests.test_report import write_result
+from tests.helpers import write_result
 from vtab.report import main
 
 

@@ -6,6 +6,7 @@ import argparse
 from glora.errors import one_line_errors
 
 from ..tasks import MINI_TASKS
+from . import probe
 from .layout import DEFAULT_BACKBONE_DIR, DEFAULT_DATA_PATH, build, ensure_backbone
 
 
@@ -39,8 +40,6 @@ def main(args: argparse.Namespace) -> None:
         if not args.no_backbone:
             ensure_backbone(args.backbone)
     else:
-        from . import probe  # imported lazily: `build` needs no model code
-
         rows = probe.probe(args.data_path, args.backbone, args.tasks, seed=args.seed)
         print(probe.markdown_table(rows))
 

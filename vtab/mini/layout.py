@@ -15,11 +15,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from glora.files import atomic_write
-from glora.progress import progress as progress_bar
+from glora.io.files import atomic_write
+from glora.io.progress import progress as progress_bar
 
 from ..tasks import MINI_TASKS, DataError
-from . import generate
+from . import generate, pretrain
 
 LIST_FILES = ("train800", "val200", "train800val200", "test")
 SPLIT_SIZES = (800, 200, 1000)  # train800, val200, test (mini_digits: test = the 797 left)
@@ -101,8 +101,6 @@ def build(data_path: "str | os.PathLike" = DEFAULT_DATA_PATH,
 def ensure_backbone(out_dir: "str | os.PathLike" = DEFAULT_BACKBONE_DIR,
                     progress: bool = True) -> Path:
     """Pretrain the tiny backbone into `out_dir` unless its safetensors file already exists."""
-    from . import pretrain  # imported lazily: `build --no-backbone` needs no model code
-
     path = Path(out_dir) / pretrain.WEIGHTS_FILE
     if path.is_file():
         if progress:

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from glora.files import atomic_write
-from glora.progress import progress as progress_bar
+from glora.io.files import atomic_write
+from glora.io.progress import progress as progress_bar
 
 from . import source
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from glora.errors import TargetError
+from glora.inject import glora_layers
 
 
 def fit_gained_biases(model: nn.Module) -> dict[str, Any]:
@@ -62,8 +63,6 @@ def unexportable_bias_free(model: nn.Module) -> list[str]:
 
     Pretends every bias-free GLoRA layer gains a bias and returns those that would be refused.
     """
-    from glora.inject import glora_layers
-
     arch, args = _arch_and_args(model)
     bias_free = [name for name, layer in glora_layers(model) if layer.bias is None]
     if not bias_free or not arch:

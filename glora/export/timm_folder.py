@@ -1,0 +1,34 @@
+"""A merged GLoRA model written as a plain timm folder (``config.json`` + ``model.safetensors``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from timm.models import save_for_hf
+from torch import nn
+
+from glora.export.timm_bias import fit_gained_biases
+from glora.inject import glora_layers
+from glora.io.files import atomic_folder
+
+
+def export_timm_folder(model: nn.Module, folder: str | os.PathLike, input_size: int,
+                       mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic") -> Path:
+    """Save a merged (plain timm) model as ``config.json`` + ``model.safetensors``.
+
+    The folder loads with ``timm.create_model('local-dir:<folder>', pretrained=True)`` and no
+    code from this project; its config records the preprocessing the model was tuned with. A layer
+    without bias that gained one in the merge sets timm's flag for it (``glora.export.timm_bias``).
+    Written to a temporary folder first, then renamed into place.
+    """
+    if glora_layers(model):
+        raise ValueError("export needs a merged model; call glora.merge_glora(model) first")
+    model_args = fit_gained_biases(model)  # refuses before anything is written
+    folder = Path(folder)
+    data_config = {"input_size": (3, input_size, input_size), "interpolation": interpolation,
+                   "mean": tuple(mean), "std": tuple(std), "crop_pct": 1.0}
+    with atomic_folder(folder) as tmp:
+        save_for_hf(model, str(tmp), safe_serialization=True, data_config=data_config,
+                    model_args=model_args or None)
+    return folder
