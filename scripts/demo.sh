@@ -4,7 +4,7 @@
 #   bash scripts/demo.sh [sweep options, e.g. --jobs 2, --tasks mini_digits, --runs DIR]
 #
 # Builds the mini-VTAB and pretrains its tiny backbone if absent (python -m vtab.mini build), then
-# runs the plan configs/demo.yaml with python -m glora.sweep: per task a GLoRA supernet and search,
+# runs the shipped plan demo (glora/configs/demo.yaml) with python -m glora.sweep: per task a GLoRA supernet and search,
 # and the baselines on the same backbone, data and code; every model is merged, exported as a plain
 # timm folder and tested; the by-method table is printed (and kept in RUNS/table.md). What is
 # finished is skipped, so an interrupted demo continues where it stopped.
@@ -19,5 +19,5 @@ BACKBONE=${BACKBONE:-data/tiny_vit}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per job: the tiny model gains more from parallel jobs
 # shellcheck disable=SC2086
 "$PYTHON" -m vtab.mini build --data-path "$DATA" --backbone "$BACKBONE" ${BUILD_ARGS:-}
-exec "$PYTHON" -m glora.sweep configs/demo.yaml --jobs "$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)" \
+exec "$PYTHON" -m glora.sweep demo --jobs "$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)" \
   --args "--data-path $(printf %q "$DATA") --pretrained $(printf %q "$BACKBONE/backbone.safetensors")" "$@"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The seeded mini-VTAB study: 3 seeds x 4 mini tasks x {linear probe, SSF, LoRA, GLoRA inherited,
 # GLoRA retrained from the supernet, GLoRA retrained fresh, full fine-tuning} under `val` and
-# `retrain` (configs/study.yaml), plus GLoRA under `paper` (selected on the test set) to show how much
+# `retrain` (the shipped plan `study`, glora/configs/study.yaml), plus GLoRA under `paper` (selected on the test set) to show how much
 # that inflates the number. Finished jobs are skipped, so an interrupted study continues where it
 # stopped. Extra arguments go to both sweeps (e.g. --jobs 2, --runs DIR).
 #
@@ -11,5 +11,5 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per job: --jobs sets the parallelism
 "$PYTHON" -m vtab.mini build
-"$PYTHON" -m glora.sweep configs/study.yaml --no-report "$@"
-"$PYTHON" -m glora.sweep configs/study.yaml --methods glora --protocols paper "$@"
+"$PYTHON" -m glora.sweep study --no-report "$@"
+"$PYTHON" -m glora.sweep study --methods glora --protocols paper "$@"

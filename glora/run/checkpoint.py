@@ -123,6 +123,15 @@ def _from_original(ckpt: dict, path: Path) -> dict:
             "epoch": None, "config": {}, "subnet": None, "original_format": True}
 
 
+# The model a checkpoint was trained with, kept once at its top level (not in its ``config``).
+MODEL_KEYS = ("model", "model_kwargs", "rank", "targets", "input_size", "protocol")
+
+
+def recorded_settings(ckpt: Mapping) -> dict:
+    """Every setting a checkpoint records: its ``config`` with the model keys from the top level."""
+    return {**ckpt.get("config", {}), **{key: ckpt[key] for key in MODEL_KEYS if key in ckpt}}
+
+
 def check_compatible(ckpt: Mapping, expected: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Refuse a checkpoint whose model, kwargs, rank, protocol or dataset differ from the flags.
 

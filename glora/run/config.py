@@ -185,21 +185,6 @@ def _type_problem(action: argparse.Action, value: Any) -> str | None:
     return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a valid string"
 
 
-def config_dict(args: argparse.Namespace) -> dict[str, Any]:
-    """The resolved configuration as plain types (for YAML files and checkpoints)."""
-    return {k: _plain(v) for k, v in sorted(vars(args).items())}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return str(value)
-
-
 def write_yaml(path: str | os.PathLike, data: Any) -> None:
     """Write YAML atomically (``glora.io.files.atomic_write``)."""
     atomic_write(path, yaml.safe_dump(data, sort_keys=False))

@@ -1,6 +1,6 @@
 """Step 2 of GLoRA: evolutionary search of a subnet under a parameter budget, then merge and export.
 
-    python evolution.py --dataset DATASET --save_path SAVE_DIR --load_path SUPERNET_SAVE_DIR \
+    glora-evolution --dataset DATASET --save_path SAVE_DIR --load_path SUPERNET_SAVE_DIR \
         --param-limits MAX_PARAM_M --rank LORA_RANK
 
 Reads LOAD_DIR/<dataset>.pt; writes into SAVE_DIR: subnet.yaml, history.jsonl, search_state.json
@@ -22,16 +22,17 @@ import torch
 
 import glora
 import vtab
-from glora.run.checkpoint import CheckpointError, subnet_document
-from glora.run.config import (add_common_args, config_dict, differing_settings, given_keys, parse_args,
-                          sigterm_as_interrupt, write_yaml)
-from glora.run.engine import evaluate
 from glora.errors import one_line_errors
-from glora.run.backbone import autocast_dtype, resolve_device
-from glora.run.preflight import check_search
 from glora.io.outputs import OutputFolder
-from glora.run.searcher import (ADOPTED, budget_limit, eval_loader, export_and_test, make_results, prepare,
-                             resume_state, run_search, write_json)
+from glora.run.backbone import autocast_dtype, resolve_device
+from glora.run.checkpoint import CheckpointError, subnet_document
+from glora.run.config import add_common_args, differing_settings, sigterm_as_interrupt, write_yaml
+from glora.run.engine import evaluate
+from glora.run.preflight import check_search
+from glora.run.results import write_results
+from glora.run.searcher import (ADOPTED, Job, budget_limit, eval_loader, export_and_test, make_results, prepare,
+                                resume_state, run_search)
+from glora.run.settings import SearchSettings
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -58,26 +59,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def explicit_keys(args: argparse.Namespace) -> set[str]:
-    """Without the command line at hand: the options whose values differ from the defaults."""
-    parser = get_args_parser()
-    return {key for key, value in vars(args).items() if value != parser.get_default(key)}
+def settings_from(argv: list[str] | None) -> SearchSettings:
+    """The typed settings of a command line (CLI > --config YAML > defaults), with what was given."""
+    return SearchSettings.from_argv(get_args_parser(), argv)
 
 
-def completed(args: argparse.Namespace, given: set[str] | None = None) -> str | None:
+def completed(settings: SearchSettings) -> str | None:
     """'already finished: …' if --save_path holds this run's results.json, else None.
 
     Results written with other settings are an error, never silently reused. Settings taken from
     the checkpoint (model, rank, …) are compared only where given explicitly, as they are resolved.
     """
-    given = explicit_keys(args) if given is None else given
-    path = Path(args.save_path) / "results.json"
+    path = Path(settings.save_path) / "results.json"
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):  # absent or half-written: not finished
         return None
-    current = {key: value for key, value in config_dict(args).items()
-               if key in given or key not in ADOPTED + ("pretrained",)}
+    current = {key: value for key, value in settings.record().items()
+               if key in settings.given or key not in ADOPTED + ("pretrained",)}
     diffs = differing_settings(record.get("config", {}), current)
     if diffs:
         raise CheckpointError(f"{path} holds results of other settings ({'; '.join(diffs)}); "
@@ -90,74 +89,72 @@ OUTPUTS = ("results.json", "search_state.json", "subnet.yaml")
 EXTRAS = ("history.jsonl", "merged", "args.yaml")
 
 
-def output_folder(args: argparse.Namespace) -> OutputFolder:
+def output_folder(settings: SearchSettings) -> OutputFolder:
     """--save_path as this search owns it (results, state or subnet mark a run)."""
-    return OutputFolder(args.save_path, OUTPUTS, EXTRAS)
+    return OutputFolder(settings.save_path, OUTPUTS, EXTRAS)
 
 
-def main(args: argparse.Namespace, given: set[str] | None = None) -> None:
-    """``given``: the options set explicitly (default: those that differ from the parser's defaults)."""
-    given = explicit_keys(args) if given is None else given
-    check_search(args, get_args_parser())  # every flag in its range, before anything is read
-    out = Path(args.save_path)
-    auto = args.resume == "auto"
+def main(settings: SearchSettings) -> None:
+    s = settings
+    check_search(s, get_args_parser())  # every flag in its range, before anything is read
+    out = Path(s.save_path)
+    auto = s.resume == "auto"
     if auto:  # finished: nothing to do; a search state: continue it; none: start
-        finished = completed(args, given)
+        finished = completed(s)
         if finished:
             print(finished)
             return
-        args.resume = (out / "search_state.json").is_file()
-    folder = output_folder(args)
-    folder.check(args.resume or auto, args.overwrite)  # writes nothing: a refused run leaves no trace
+        s = s.replace(resume=(out / "search_state.json").is_file())
+    folder = output_folder(s)
+    folder.check(s.resume or auto, s.overwrite)  # writes nothing: a refused run leaves no trace
     seen = folder.held_outputs()
-    device = resolve_device(args.device)
-    torch.manual_seed(args.seed)
-    job = prepare(args, device, given)  # checkpoint, model, budget: all checked before data is read
-    state = resume_state(out / "search_state.json", job.supernet) if args.resume and job.searching else None
-    with folder.acquire(args.overwrite, seen):
-        write_yaml(out / "args.yaml", config_dict(args))  # the resolved settings, checkpoint's included
-        results = search_and_export(args, job, device, out, state)
-    print(f"{job.task.name}: {job.method} with {results['params'] / 1e6:.4f}M params: {results['selection_split']} "
-          f"acc1 {results['search_acc1']:.2f}, test acc1 {results['test_acc1']:.2f} -> {out}")
+    device = resolve_device(s.device)
+    torch.manual_seed(s.seed)
+    job = prepare(s, device)  # checkpoint, model, budget: all checked before data is read
+    s = job.settings  # with the model settings the checkpoint records
+    state = resume_state(out / "search_state.json", job.supernet) if s.resume and job.searching else None
+    with folder.acquire(s.overwrite, seen):
+        write_yaml(out / "s.yaml", s.record())  # the resolved settings, checkpoint's included
+        results = search_and_export(s, job, device, out, state)
+    print(f"{job.task.name}: {job.method} with {results.params_M:.4f}M params: {results.selection_split} "
+          f"acc1 {results.search_acc1:.2f}, test acc1 {results.test_acc1:.2f} -> {out}")
 
 
-def search_and_export(args: argparse.Namespace, job, device: torch.device, out: Path, state) -> dict:
+def search_and_export(s: SearchSettings, job: Job, device: torch.device, out: Path, state):
     """Read the splits, search (or take the fixed subnet), export, test; write results.json."""
-    splits = vtab.PROTOCOLS[args.protocol]
+    splits = vtab.PROTOCOLS[s.protocol]
     # Under the paper protocol the search split is the test split: load it once.
-    loaders = {split: eval_loader(args, job.task, split, device) for split in {splits["search"], splits["test"]}}
+    loaders = {split: eval_loader(s, job.task, split, device) for split in {splits["search"], splits["test"]}}
     search_loader, test_loader = loaders[splits["search"]], loaders[splits["test"]]
     model, subnet, start = job.model, job.subnet, time.time()
     if job.searching:
-        subnet, info = run_search(args, model, search_loader, device, out, state, job.supernet)
+        subnet, info = run_search(s, model, search_loader, device, out, state, job.supernet)
     params = glora.count_params(model, subnet) if subnet is not None else sum(
         p.numel() for n, p in model.named_parameters() if not n.startswith("head."))
     if subnet is not None:
         glora.set_subnet(model, subnet)
         write_yaml(out / "subnet.yaml", subnet_document(
-            job.names, subnet, args.rank, params, dataset=job.task.name, method=job.method,
-            protocol=args.protocol, param_limit_M=budget_limit(args, job.ckpt, job.searching)))
+            job.names, subnet, s.rank, params, dataset=job.task.name, method=job.method,
+            protocol=s.protocol, param_limit_M=budget_limit(s, job.ckpt, job.searching)))
     if not job.searching:  # a fixed subnet or a fully fine-tuned model: only its search-split score
-        info = {"search_acc1": evaluate(model, search_loader, device, autocast_dtype(args.precision, device))["acc1"]}
+        info = {"search_acc1": evaluate(model, search_loader, device, autocast_dtype(s.precision, device))["acc1"]}
     timer = {"search": time.time() - start}
     start = time.time()
-    tested = export_and_test(args, job.task, model, test_loader, device, out)
+    tested = export_and_test(s, job.task, model, test_loader, device, out)
     timer["test_and_export"] = time.time() - start
-    results = make_results(args, job.task, job.ckpt, job.method, params, splits, info, tested, timer, model,
-                           job.searching, job.supernet)
-    write_json(out / "results.json", results)
+    results = make_results(s, job, params, info, tested, timer)
+    write_results(out / "results.json", results)
     return results
 
 
 def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
-    parser = get_args_parser()
-    args = parse_args(parser, argv)
+    settings = settings_from(argv)
     try:
         with one_line_errors(), sigterm_as_interrupt():
-            main(args, given_keys(parser, argv))
+            main(settings)
     except KeyboardInterrupt:
-        state = Path(args.save_path) / "search_state.json"
+        state = Path(settings.save_path) / "search_state.json"
         if state.is_file():
             raise SystemExit(f"interrupted; the search state of the last finished generation is in {state}; "
                              "continue with --resume") from None

@@ -1,8 +1,7 @@
-"""One search of ``evolution.py``: the supernet checkpoint loaded with the settings it records,
+"""One search of step 2 (``glora.run.evolution``): the supernet checkpoint loaded with the settings it records,
 the resumable evolutionary search, the export and test, and the results.json record."""
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from dataclasses import dataclass
@@ -14,16 +13,17 @@ from torch import nn
 
 import glora
 import vtab
-from glora.run.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_subnet,
-                              state_digest, subnet_origin, versions)
+from glora.run.checkpoint import (MODEL_KEYS, CheckpointError, check_compatible, load_checkpoint, load_subnet,
+                                  state_digest, subnet_origin, versions)
 from glora.run.compile import compile_fixed, resolve_compile
-from glora.run.config import config_dict
 from glora.run.engine import evaluate
 from glora.errors import TargetError
 from glora.export.timm_folder import export_timm_folder
 from glora.merge import CandidateModel
 from glora.run.backbone import autocast_dtype, build_model
 from glora.io.files import atomic_write
+from glora.run.results import Results
+from glora.run.settings import SearchSettings
 from glora.run.preflight import forward_once
 from glora.io.progress import progress as progress_bar
 from glora.search import EvolutionSearch, check_budget
@@ -32,7 +32,8 @@ from glora.export.timm_bias import unexportable_bias_free
 
 @dataclass
 class Job:
-    """What one evolution.py call works on, checked before any data is read."""
+    """What one search or export works on, checked before any data is read."""
+    settings: SearchSettings  # the step's settings with those adopted from the checkpoint
     task: vtab.TaskInfo
     ckpt: dict
     ckpt_path: Path
@@ -44,40 +45,39 @@ class Job:
     supernet: dict        # what was loaded: path, epoch, content hash of its trained tensors
 
 
-def prepare(args: argparse.Namespace, device: torch.device, given: set[str]) -> Job:
+def prepare(s: SearchSettings, device: torch.device) -> Job:
     """Load the checkpoint and model, decide between search and export, and check everything that
     can fail (settings, partial training, input size, budget, exportability) before data is read."""
-    task, ckpt, ckpt_path, model = load_model(args, device, given)
+    s, task, ckpt, ckpt_path, model = load_model(s, device)
     names = [n for n, _ in glora.glora_layers(model)]
-    subnet, method = choose_fixed(args, ckpt, names)
+    subnet, method = choose_fixed(s, ckpt, names)
     searching = subnet is None and ckpt["mode"] == "supernet"
     if searching:  # fail in seconds on an impossible budget or an unexportable layer
-        check_budget(args.rank, glora.layer_shapes(model), round(args.min_param_limits * 1e6),
-                     round(args.param_limits * 1e6))
+        check_budget(s.rank, glora.layer_shapes(model), s.min_params, s.max_params)
         refuse_unexportable(model)
     record = {"checkpoint": str(ckpt_path), "epoch": ckpt["epoch"], "sha256": state_digest(ckpt["state_dict"])}
-    return Job(task, ckpt, ckpt_path, model, names, subnet, method, searching, record)
+    return Job(s, task, ckpt, ckpt_path, model, names, subnet, method, searching, record)
 
 
-def load_model(args: argparse.Namespace, device: torch.device, given: set[str]):
-    """The backbone with the supernet's trained tensors; settings come from the checkpoint."""
-    task = vtab.resolve_task(args.dataset)
-    ckpt_path = Path(args.load_path) / f"{task.name}.pt"
+def load_model(s: SearchSettings, device: torch.device):
+    """The settings adopted from the checkpoint, and the backbone with its trained tensors."""
+    task = vtab.resolve_task(s.dataset)
+    ckpt_path = Path(s.load_path) / f"{task.name}.pt"
     ckpt = load_checkpoint(ckpt_path)  # refuses a malformed or non-finite checkpoint
-    adopt_recorded(args, ckpt, ckpt_path, given)
+    s = adopt_recorded(s, ckpt, ckpt_path)
     check_compatible(ckpt, {"dataset": task.name}, ckpt_path)
-    check_finished(ckpt, ckpt_path, args.allow_partial)
-    model = build_model(args.model, task.num_classes, args.pretrained, args.model_kwargs, drop_path_rate=0.0)
-    forward_once(model, torch.zeros(1, args.model_kwargs.get("in_chans", 3), args.input_size, args.input_size))
+    check_finished(ckpt, ckpt_path, s.allow_partial)
+    model = build_model(s.model, task.num_classes, s.pretrained, s.model_kwargs, drop_path_rate=0.0)
+    forward_once(model, torch.zeros(1, s.model_kwargs.get("in_chans", 3), s.input_size, s.input_size))
     if ckpt["mode"] != "full":
-        names = glora.inject_glora(model, args.rank, targets=args.targets)
+        names = glora.inject_glora(model, s.rank, targets=s.targets)
         recorded = ckpt.get("layer_names")
         if recorded is not None and names != recorded:
             raise CheckpointError(f"{ckpt_path} holds {len(recorded)} GLoRA layers ({recorded[0]} …), but "
-                                  f"targets {args.targets!r} give {len(names)} here ({names[0]} …)")
+                                  f"targets {s.targets!r} give {len(names)} here ({names[0]} …)")
     glora.load_trained_state(model, ckpt["state_dict"], full=ckpt["mode"] == "full")
     print(f"loaded {ckpt_path} ({ckpt['mode']}, epoch {ckpt['epoch']})")
-    return task, ckpt, ckpt_path, model.to(device).eval()
+    return s, task, ckpt, ckpt_path, model.to(device).eval()
 
 
 def check_finished(ckpt: dict, path: Path, allow_partial: bool) -> None:
@@ -93,12 +93,13 @@ def check_finished(ckpt: dict, path: Path, allow_partial: bool) -> None:
 
 
 # Settings a checkpoint records and this step takes from it, unless a flag given explicitly says otherwise.
-ADOPTED = ("model", "model_kwargs", "rank", "targets", "input_size", "protocol")
+ADOPTED = MODEL_KEYS
 
 
-def adopt_recorded(args: argparse.Namespace, ckpt: dict, path: Path, given: set[str]) -> None:
+def adopt_recorded(s: SearchSettings, ckpt: dict, path: Path) -> SearchSettings:
     """Take model, kwargs, rank, targets, input size, protocol and weights path from the checkpoint;
-    refuse a flag given on the command line or in the YAML that contradicts one of them.
+    refuse a flag given on the command line or in the YAML that contradicts one of them. Returns
+    the settings with the adopted values.
 
     An original-code checkpoint records only the rank, so the flags are trusted for the rest. The
     weights path may legitimately differ (a moved file): an explicit ``--pretrained`` wins, with a note.
@@ -108,19 +109,19 @@ def adopt_recorded(args: argparse.Namespace, ckpt: dict, path: Path, given: set[
         recorded.pop("targets", None)
     elif "model" in recorded and recorded.get("targets") is None:  # saved before targets were recorded
         recorded["targets"] = glora.DEFAULT_TARGETS
-    args.targets = args.targets or glora.DEFAULT_TARGETS
-    current = {key: getattr(args, key) for key in recorded}
+    given = s.given
+    s = s.replace(targets=s.targets or glora.DEFAULT_TARGETS)
+    current = {key: getattr(s, key) for key in recorded}
     if "protocol" in recorded:  # val and retrain share one supernet
-        current["protocol"] = supernet_protocol(ckpt, args.protocol)
+        current["protocol"] = supernet_protocol(ckpt, s.protocol)
     check_compatible(recorded, {key: value for key, value in current.items() if key in given}, path)
-    for key, value in recorded.items():
-        if key not in given:
-            setattr(args, key, value)
+    adopted = {key: value for key, value in recorded.items() if key not in given}
     weights = ckpt.get("config", {}).get("pretrained")
     if weights is not None and "pretrained" not in given:
-        args.pretrained = weights
-    elif weights is not None and args.pretrained != weights:
-        print(f"note: backbone weights from --pretrained {args.pretrained} (the checkpoint was trained with {weights})")
+        adopted["pretrained"] = weights
+    elif weights is not None and s.pretrained != weights:
+        print(f"note: backbone weights from --pretrained {s.pretrained} (the checkpoint was trained with {weights})")
+    return s.replace(**adopted)
 
 
 def refuse_unexportable(model) -> None:
@@ -142,12 +143,12 @@ def supernet_protocol(ckpt: dict, protocol: str) -> str:
     return protocol
 
 
-def choose_fixed(args, ckpt, layer_names) -> tuple[list | None, str]:
+def choose_fixed(s: SearchSettings, ckpt, layer_names) -> tuple[list | None, str]:
     """The subnet to export without search, if any, and the method label for results.json."""
     if ckpt["mode"] == "full":
         return None, "full_finetune"
-    if args.subnet:
-        return load_subnet(args.subnet, layer_names, args.rank), subnet_origin(args.subnet)["method"]
+    if s.subnet:
+        return load_subnet(s.subnet, layer_names, s.rank), subnet_origin(s.subnet)["method"]
     if ckpt["mode"] == "subnet":
         return ckpt["subnet"], ckpt.get("method") or ckpt["config"].get("subnet") or "subnet"
     return None, "glora"
@@ -174,24 +175,23 @@ def resume_state(path: Path, supernet: dict) -> dict:
     return state
 
 
-def run_search(args, model, search_loader, device, out: Path, state: dict | None,
+def run_search(s: SearchSettings, model, search_loader, device, out: Path, state: dict | None,
                supernet: dict) -> tuple[list, dict]:
     """Resumable evolutionary search; state and history are rewritten atomically every generation.
 
     ``state``: a search state to continue; ``supernet``: the record of the supernet searched,
     kept in every state written so that a resume against another supernet is refused.
     """
-    amp = autocast_dtype(args.precision, device)
+    amp = autocast_dtype(s.precision, device)
     candidate = CandidateModel(model)
-    compile_fixed(candidate.plain, resolve_compile(args.compile, device))
+    compile_fixed(candidate.plain, resolve_compile(s.compile, device))
     evaluate_fn = lambda subnet: evaluate(candidate.load(subnet), search_loader, device, amp)["acc1"]
-    search = EvolutionSearch(evaluate_fn, glora.layer_shapes(model), args.rank,
-                             population_num=args.population_num, select_num=args.select_num,
-                             mutation_num=args.mutation_num, m_prob=args.m_prob,
-                             crossover_num=args.crossover_num, max_epochs=args.max_epochs,
-                             max_params=round(args.param_limits * 1e6),
-                             min_params=round(args.min_param_limits * 1e6), seed=args.seed,
-                             plain_tries=args.plain_tries)
+    search = EvolutionSearch(evaluate_fn, glora.layer_shapes(model), s.rank,
+                             population_num=s.population_num, select_num=s.select_num,
+                             mutation_num=s.mutation_num, m_prob=s.m_prob,
+                             crossover_num=s.crossover_num, max_epochs=s.max_epochs,
+                             max_params=s.max_params, min_params=s.min_params, seed=s.seed,
+                             plain_tries=s.plain_tries)
     state_path = out / "search_state.json"
     if state is not None:
         try:
@@ -199,7 +199,7 @@ def run_search(args, model, search_loader, device, out: Path, state: dict | None
         except CheckpointError as err:
             raise CheckpointError(f"{state_path}: {err}") from None
         print(f"resumed the search at generation {search.generation}")
-    bar = progress_bar(desc="search", total=args.max_epochs + 1, enabled=args.progress, unit="generation")
+    bar = progress_bar(desc="search", total=s.max_epochs + 1, enabled=s.progress, unit="generation")
     bar.update(search.generation)  # generations a resumed search has done already
 
     def on_generation(state: dict, info: dict) -> None:
@@ -215,12 +215,12 @@ def run_search(args, model, search_loader, device, out: Path, state: dict | None
                            "top_k": [{k: r[k] for k in ("params", "fitness", "generation")} for r in result.top_k]}
 
 
-def export_and_test(args, task, model, test_loader, device, out: Path) -> dict:
+def export_and_test(s: SearchSettings, task, model, test_loader, device, out: Path) -> dict:
     """Test the chosen model, merge it, export it, reload it with plain timm and test again."""
-    amp = autocast_dtype(args.precision, device)
+    amp = autocast_dtype(s.precision, device)
     unmerged = evaluate(model, test_loader, device, amp)
     merged = glora.merge_glora(copy.deepcopy(model).cpu())  # a no-op for a fully fine-tuned model
-    folder = export_timm_folder(merged, out / "merged", args.input_size, vtab.IMAGENET_DEFAULT_MEAN,
+    folder = export_timm_folder(merged, out / "merged", s.input_size, vtab.IMAGENET_DEFAULT_MEAN,
                                 vtab.IMAGENET_DEFAULT_STD)
     reloaded = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True).to(device)
     again = evaluate(reloaded, test_loader, device, amp)
@@ -232,7 +232,7 @@ def export_and_test(args, task, model, test_loader, device, out: Path) -> dict:
         # increments apart from W0, so an image at a decision boundary may flip. The merge itself
         # must still be exact: checked in fp32.
         check_merge_in_fp32(model, reloaded, test_loader)
-        print(f"note: under {args.precision} the exported model scores {again['acc1']:.2f} on test and the "
+        print(f"note: under {s.precision} the exported model scores {again['acc1']:.2f} on test and the "
               f"unmerged subnet {unmerged['acc1']:.2f} (rounding); in fp32 they agree", flush=True)
     return {"test_acc1": unmerged["acc1"], "test_acc1_merged": again["acc1"], "test_n": unmerged["n"]}
 
@@ -249,52 +249,51 @@ def check_merge_in_fp32(model: torch.nn.Module, merged: torch.nn.Module, loader,
                            f"(max relative error {error:.2e} > {rtol:.0e})")
 
 
-def eval_loader(args, task, split: str, device: torch.device):
+def eval_loader(s: SearchSettings, task, split: str, device: torch.device):
     """A split decoded once, evaluated in chunks (the uint8 stays on the host)."""
-    data = vtab.load_split(args.data_path, task.name, split, input_size=args.input_size, progress=args.progress)
-    return vtab.Loader(data, args.eval_batch_size, shuffle=False, drop_last=False, device=device, resident=False)
-
-
+    data = vtab.load_split(s.data_path, task.name, split, input_size=s.input_size, progress=s.progress)
+    return vtab.Loader(data, s.eval_batch_size, shuffle=False, drop_last=False, device=device, resident=False)
 
 
 SPLIT_PARTS = {"train800val200": ("train800", "val200")}
 
 
-def budget_limit(args, ckpt, searching: bool) -> float | None:
+def budget_limit(s: SearchSettings, ckpt, searching: bool) -> float | None:
     """The parameter limit (M) a GLoRA subnet was searched under: this search's, or the one the
     search's subnet.yaml recorded (given with --subnet, or carried by a training checkpoint)."""
     if searching:
-        return args.param_limits
-    if args.subnet:
-        return subnet_origin(args.subnet)["param_limit_M"]
+        return s.param_limits
+    if s.subnet:
+        return subnet_origin(s.subnet)["param_limit_M"]
     return ckpt.get("param_limit_M")
 
 
-def make_results(args, task, ckpt, method, params, splits, info, tested, timer, model, searching,
-                 supernet: dict) -> dict:
-    """The results.json record (format in notes/INTERFACES.md)."""
-    stats = info.pop("stats", {})
+def make_results(s: SearchSettings, job: Job, params: int, info: dict, tested: dict, timer: dict) -> Results:
+    """The results.json record of this step (see ``glora.run.results.Results``)."""
+    ckpt, splits = job.ckpt, vtab.PROTOCOLS[s.protocol]
+    stats = info.get("stats", {})
     draws = stats.get("plain_draws", 0)
     searched = ckpt["mode"] == "supernet"
     # weights: "supernet" = used as the supernet trained them (the paper's way); "trained" = a fixed
     # subnet or baseline trained on its own, from a fresh init or from a supernet's tensors.
     trained_on = ckpt.get("splits", {}).get("train", splits["train"])
-    return {"dataset": task.name, "group": task.group, "method": method, "protocol": args.protocol,
-            "weights": "supernet" if searched else "trained",
-            "init": "inherited" if searched else ckpt.get("init", "fresh"),
-            "splits": {"train": trained_on, "search": splits["search"], "test": splits["test"]},
-            "search_split_in_training": splits["search"] in SPLIT_PARTS.get(trained_on, (trained_on,)),
-            "selection_split": splits["search"], "search_acc1": info.pop("search_acc1"), **tested,
-            "params": params, "params_M": params / 1e6,
-            "head_params": sum(p.numel() for n, p in model.named_parameters() if n.startswith("head.")),
-            "param_limit_M": budget_limit(args, ckpt, searching),
-            "min_param_limit_M": args.min_param_limits if searching else None,
-            "rank": args.rank, "seed": args.seed, "supernet_seed": ckpt["config"].get("seed"),
-            "supernet_epochs": ckpt["epoch"], "supernet_sha256": supernet["sha256"], "model": args.model, "model_kwargs": dict(args.model_kwargs),
-            "search": {**info, "stats": stats,
-                       "plain_draw_acceptance": stats.get("plain_accepted", 0) / draws if draws else None},
-            "versions": versions(), "wall_time_s": timer, "config": config_dict(args),
-            "subnet_file": "subnet.yaml" if method != "full_finetune" else None, "merged_model_dir": "merged"}
+    search = {k: v for k, v in info.items() if k != "search_acc1"}
+    return Results(
+        dataset=job.task.name, group=job.task.group, method=job.method, protocol=s.protocol,
+        weights="supernet" if searched else "trained", init="inherited" if searched else ckpt.get("init", "fresh"),
+        splits={"train": trained_on, "search": splits["search"], "test": splits["test"]},
+        search_split_in_training=splits["search"] in SPLIT_PARTS.get(trained_on, (trained_on,)),
+        selection_split=splits["search"], search_acc1=info["search_acc1"], test_acc1=tested["test_acc1"],
+        test_acc1_merged=tested["test_acc1_merged"], test_n=tested["test_n"], params=params, params_M=params / 1e6,
+        head_params=sum(p.numel() for n, p in job.model.named_parameters() if n.startswith("head.")),
+        param_limit_M=budget_limit(s, ckpt, job.searching),
+        min_param_limit_M=s.min_param_limits if job.searching else None,
+        rank=s.rank, seed=s.seed, supernet_seed=ckpt["config"].get("seed"), supernet_epochs=ckpt["epoch"],
+        supernet_sha256=job.supernet["sha256"], model=s.model, model_kwargs=dict(s.model_kwargs),
+        search={**search, "stats": stats,
+                "plain_draw_acceptance": stats.get("plain_accepted", 0) / draws if draws else None},
+        versions=versions(), wall_time_s=timer, config=s.record(),
+        subnet_file="subnet.yaml" if job.method != "full_finetune" else None, merged_model_dir="merged")
 
 
 def write_json(path: Path, data) -> None:

@@ -1,6 +1,6 @@
 """Step 1 of GLoRA: train the supernet (or one fixed subnet) on a VTAB-1k task.
 
-    python supernet.py --dataset DATASET --lr LR --model 'vit_base_patch16_224_in21k' \
+    glora-supernet --dataset DATASET --lr LR --model 'vit_base_patch16_224_in21k' \
         --save_path SAVE_DIR --rank LORA_RANK
 
 Writes SAVE_DIR/<dataset>.pt (glora_* + head tensors and everything needed to resume),
@@ -19,16 +19,16 @@ from pathlib import Path
 import torch
 
 import vtab
-from glora.run.checkpoint import CheckpointError, load_checkpoint
-from glora.run.preflight import SUPERNET_RANGES, check_batch_size, check_common, check_ranges
-from glora.run.config import (add_common_args, config_dict, differing_settings, parse_args,
-                          sigterm_as_interrupt, write_yaml)
+from glora.errors import one_line_errors
+from glora.io.outputs import OutputFolder
+from glora.run.backbone import resolve_device
+from glora.run.checkpoint import CheckpointError, load_checkpoint, recorded_settings
+from glora.run.config import add_common_args, differing_settings, sigterm_as_interrupt, write_yaml
 from glora.run.distributed import close, init_world
 from glora.run.engine import NonFiniteLossError
-from glora.errors import one_line_errors
-from glora.run.backbone import resolve_device
-from glora.io.outputs import OutputFolder
-from glora.run.trainer import Run, describe, fit, load_data, trim_log
+from glora.run.preflight import SUPERNET_RANGES, check_batch_size, check_common, check_ranges
+from glora.run.settings import TrainSettings
+from glora.run.trainer import Run, describe, fit, load_data, model_record, stored_config, trim_log
 from vtab.dataset import count_listed
 
 
@@ -60,68 +60,74 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def checkpoint_path(args: argparse.Namespace) -> Path:
+def settings_from(argv: list[str] | None) -> TrainSettings:
+    """The typed settings of a command line (CLI > --config YAML > defaults)."""
+    return TrainSettings.from_argv(get_args_parser(), argv)
+
+
+def checkpoint_path(settings: TrainSettings) -> Path:
     """Where this run's checkpoint lives: SAVE_DIR/<dataset>.pt."""
-    return Path(args.save_path) / f"{vtab.resolve_task(args.dataset).name}.pt"
+    return Path(settings.save_path) / f"{vtab.resolve_task(settings.dataset).name}.pt"
 
 
-def completed(args: argparse.Namespace) -> str | None:
+def completed(settings: TrainSettings) -> str | None:
     """'already finished: …' if --save_path holds this run's checkpoint at epoch --epochs, else None.
 
     A finished checkpoint trained with other settings is an error, never silently reused.
     """
-    path = checkpoint_path(args)
+    path = checkpoint_path(settings)
     if not path.is_file():
         return None
     ckpt = load_checkpoint(path, mmap=True)
-    if ckpt.get("epoch") != args.epochs:
+    if ckpt.get("epoch") != settings.epochs:
         return None
-    diffs = differing_settings(ckpt.get("config", {}), config_dict(args))
+    diffs = differing_settings(recorded_settings(ckpt), {**stored_config(settings), **model_record(settings)})
     if diffs:
         raise CheckpointError(f"{path} is a finished run with other settings ({'; '.join(diffs)}); "
                               "use another --save_path or delete it")
-    return f"already finished: {path} ({args.epochs} epochs)"
+    return f"already finished: {path} ({settings.epochs} epochs)"
 
 
-def output_folder(args: argparse.Namespace) -> OutputFolder:
+def output_folder(settings: TrainSettings) -> OutputFolder:
     """--save_path as this run owns it: the checkpoint marks a run; log and config go with it."""
-    name = vtab.resolve_task(args.dataset).name
-    return OutputFolder(args.save_path, [f"{name}.pt"], [f"{name}_log.jsonl", f"{name}_args.yaml"],
+    name = vtab.resolve_task(settings.dataset).name
+    return OutputFolder(settings.save_path, [f"{name}.pt"], [f"{name}_log.jsonl", f"{name}_args.yaml"],
                         lock_name=f".{name}.lock")
 
 
-def main(args: argparse.Namespace) -> None:
-    check_args(args)  # every flag in its range, before anything is built or read
-    if args.resume == "auto":  # finished: nothing to do; a state: continue it; none: start fresh
-        finished = completed(args)
+def main(settings: TrainSettings) -> None:
+    s = settings
+    check_args(s)  # every flag in its range, before anything is built or read
+    if s.resume == "auto":  # finished: nothing to do; a state: continue it; none: start fresh
+        finished = completed(s)
         if finished:
             print(finished)
             return
-        args.resume = checkpoint_path(args).is_file()
-    if args.resume and not checkpoint_path(args).is_file():
-        raise CheckpointError(f"--resume: checkpoint not found: {checkpoint_path(args)}")
-    device = resolve_device(args.device)
+        s = s.replace(resume=checkpoint_path(s).is_file())
+    if s.resume and not checkpoint_path(s).is_file():
+        raise CheckpointError(f"--resume: checkpoint not found: {checkpoint_path(s)}")
+    device = resolve_device(s.device)
     world = init_world("nccl" if device.type == "cuda" else "gloo")  # one rank outside torchrun
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     say = print if world.main else (lambda *a, **k: None)  # only rank 0 prints and writes
-    folder = output_folder(args)  # rank 0 owns it (torchrun stops the other ranks if it refuses)
+    folder = output_folder(s)  # rank 0 owns it (torchrun stops the other ranks if it refuses)
     if world.main:
-        folder.check(args.resume, args.overwrite)  # writes nothing: a refused run leaves no trace
+        folder.check(s.resume, s.overwrite)  # writes nothing: a refused run leaves no trace
     seen = folder.held_outputs()
-    torch.manual_seed(args.seed)  # the same on every rank: the same head init and choice sampler
-    run = Run(args, device, world)  # model, weights, targets, rank and input size checked
-    check_batch_size(args.batch_size, count_listed(args.data_path, run.task, run.splits["train"]),
+    torch.manual_seed(s.seed)  # the same on every rank: the same head init and choice sampler
+    run = Run(s, device, world)  # model, weights, targets, rank and input size checked
+    check_batch_size(s.batch_size, count_listed(s.data_path, run.task, run.splits["train"]),
                      f"{run.task.name}/{run.splits['train']}", world.size)
-    with folder.acquire(args.overwrite, seen) if world.main else contextlib.nullcontext():
-        if args.resume:
+    with folder.acquire(s.overwrite, seen) if world.main else contextlib.nullcontext():
+        if s.resume:
             run.restore()  # refuses a checkpoint trained with other settings
             say(f"resumed {run.ckpt_path} at epoch {run.epoch}")
         if world.main:
             trim_log(run.log_path, run.epoch)  # a fresh run (epoch 0) starts a fresh log
-            write_yaml(Path(args.save_path) / f"{run.task.name}_args.yaml", config_dict(args))
-        train_loader, val_loader = load_data(args, run, device)
+            write_yaml(Path(s.save_path) / f"{run.task.name}_args.yaml", s.record())
+        train_loader, val_loader = load_data(s, run, device)
         say(describe(run, len(train_loader.split)))
         start = time.time()
         try:
@@ -132,24 +138,24 @@ def main(args: argparse.Namespace) -> None:
             raise SystemExit(f"error: {err}; stopped, {kept}") from None
         finally:
             close(world)
-    say(f"done: {args.epochs} epochs in {time.time() - start:.1f}s -> {run.ckpt_path}")
+    say(f"done: {s.epochs} epochs in {time.time() - start:.1f}s -> {run.ckpt_path}")
 
 
-def check_args(args: argparse.Namespace) -> None:
+def check_args(settings: TrainSettings) -> None:
     """The flags' ranges (one line each, naming the valid range)."""
     parser = get_args_parser()
-    check_common(args, parser)
-    check_ranges(args, parser, SUPERNET_RANGES)
+    check_common(settings, parser)
+    check_ranges(settings, parser, SUPERNET_RANGES)
 
 
 def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
-    args = parse_args(get_args_parser(), argv)
+    settings = settings_from(argv)
     try:
         with one_line_errors(), sigterm_as_interrupt():
-            main(args)
+            main(settings)
     except KeyboardInterrupt:  # outside the epoch loop (which saves and explains itself)
-        path = checkpoint_path(args)
+        path = checkpoint_path(settings)
         if path.is_file():
             raise SystemExit(f"interrupted; the last checkpoint is {path}; continue with --resume") from None
         raise SystemExit("interrupted before a checkpoint was written; run the same command again") from None

@@ -1,8 +1,7 @@
-"""One training run of ``supernet.py``: the model with its supports, optimizer, schedule and
+"""One training run of step 1 (``glora.run.supernet``): the model with its supports, optimizer, schedule and
 checkpoint (``Run``), the epoch loop (``fit``), and the log. The CLI wires these together."""
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
@@ -13,10 +12,11 @@ from timm.scheduler import CosineLRScheduler
 
 import glora
 import vtab
-from glora.run.checkpoint import (CheckpointError, atomic_torch_save, check_compatible, load_checkpoint,
-                              load_subnet, subnet_origin, versions)
+from glora.run.checkpoint import (MODEL_KEYS, CheckpointError, atomic_torch_save, check_compatible,
+                                  load_checkpoint, load_subnet, subnet_origin, versions)
 from glora.run.compile import compile_fixed, resolve_compile
-from glora.run.config import RUN_ONLY_KEYS, config_dict, differing_settings
+from glora.run.config import RUN_ONLY_KEYS, differing_settings
+from glora.run.settings import TrainSettings
 from glora.run.distributed import World, average_gradients, epoch_seed, mean_over_ranks
 from glora.run.engine import evaluate, evaluate_subnets, train_one_epoch, zero_fill_stepped_grads
 from glora.run.backbone import autocast_dtype, build_model
@@ -36,52 +36,53 @@ RESUME_FREE_KEYS = RUN_ONLY_KEYS | {"data_path", "pretrained", "save_path", "ini
 class Run:
     """Everything one training run owns; ``payload()`` is its checkpoint."""
 
-    def __init__(self, args: argparse.Namespace, device: torch.device, world: World = World()):
-        self.args, self.device, self.world = args, device, world
-        self.task = vtab.resolve_task(args.dataset)
-        self.mode = "full" if args.full_finetune else ("subnet" if args.subnet else "supernet")
-        protocol = vtab.PROTOCOLS[args.protocol]
+    def __init__(self, settings: TrainSettings, device: torch.device, world: World = World()):
+        self.settings, self.device, self.world = settings, device, world
+        s = settings
+        self.task = vtab.resolve_task(s.dataset)
+        self.mode = "full" if s.full_finetune else ("subnet" if s.subnet else "supernet")
+        protocol = vtab.PROTOCOLS[s.protocol]
         # A supernet trains on the protocol's supernet split; a fixed subnet or baseline on its
         # final-training split (train800val200 under `retrain`).
         train = protocol["train"] if self.mode == "supernet" else protocol["fit"]
         self.splits = {"train": train, "search": protocol["search"], "test": protocol["test"]}
-        self.model = build_model(args.model, self.task.num_classes, args.pretrained,
-                                 args.model_kwargs, args.drop_path)
+        self.model = build_model(s.model, self.task.num_classes, s.pretrained,
+                                 s.model_kwargs, s.drop_path)
         self.layer_names: list[str] = []
         self.sampler = self.subnet = self.targets = None
-        probe = torch.zeros(1, args.model_kwargs.get("in_chans", 3), args.input_size, args.input_size)
+        probe = torch.zeros(1, s.model_kwargs.get("in_chans", 3), s.input_size, s.input_size)
         if self.mode != "full":
-            self.targets = args.targets or glora.DEFAULT_TARGETS
-            self.layer_names = inject_targets(self.model, self.targets, args.rank, probe)
+            self.targets = s.targets or glora.DEFAULT_TARGETS
+            self.layer_names = inject_targets(self.model, self.targets, s.rank, probe)
             glora.mark_trainable(self.model)
         else:
             forward_once(self.model, probe)  # --input-size must fit the model
         self.origin = {"method": "full_finetune" if self.mode == "full" else "glora", "param_limit_M": None}
         if self.mode == "subnet":
-            self.subnet = load_subnet(args.subnet, self.layer_names, args.rank)
-            self.origin = subnet_origin(args.subnet)
+            self.subnet = load_subnet(s.subnet, self.layer_names, s.rank)
+            self.origin = subnet_origin(s.subnet)
             glora.set_subnet(self.model, self.subnet)
             glora.freeze_unused(self.model)
         elif self.mode == "supernet":
-            self.sampler = glora.set_subnet(self.model, None, seed=args.seed)
-        self.init = init_from_supernet(self, args.init_from) if args.init_from else {"init": "fresh"}
+            self.sampler = glora.set_subnet(self.model, None, seed=s.seed)
+        self.init = init_from_supernet(self, s.init_from) if s.init_from else {"init": "fresh"}
         self.model.to(device)
         if self.mode != "supernet":  # a sampling supernet changes its graph every step
-            compile_fixed(self.model, resolve_compile(args.compile, device))
+            compile_fixed(self.model, resolve_compile(s.compile, device))
         params = [p for p in self.model.parameters() if p.requires_grad]
         # The fused kernel on CUDA: one launch per step instead of one per tensor.
-        self.optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,
+        self.optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay,
                                            fused=device.type == "cuda")
         # The floor and warm-up start never exceed the peak, so --lr 0 really freezes the weights
         # (the original's absolute 1e-5 / 1e-6 would otherwise lift a smaller lr).
-        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=args.epochs,
-                                           lr_min=min(args.min_lr, args.lr), warmup_t=args.warmup_epochs,
-                                           warmup_lr_init=min(args.warmup_lr, args.lr))
-        rng = random.Random(args.seed + 1)  # validation subnets: fixed for the whole run
-        self.eval_subnets = [[sample_choice(rng, args.rank) for _ in self.layer_names]
-                             for _ in range(args.eval_subnets)]
+        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=s.epochs,
+                                           lr_min=min(s.min_lr, s.lr), warmup_t=s.warmup_epochs,
+                                           warmup_lr_init=min(s.warmup_lr, s.lr))
+        rng = random.Random(s.seed + 1)  # validation subnets: fixed for the whole run
+        self.eval_subnets = [[sample_choice(rng, s.rank) for _ in self.layer_names]
+                             for _ in range(s.eval_subnets)]
         self.epoch = 0
-        out = Path(args.save_path)
+        out = Path(s.save_path)
         self.ckpt_path = out / f"{self.task.name}.pt"
         self.log_path = out / f"{self.task.name}_log.jsonl"
 
@@ -90,13 +91,11 @@ class Run:
         return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
     def payload(self) -> dict:
-        a = self.args
+        s = self.settings
         return {"format_version": 1, "mode": self.mode, **self.origin, **self.init,
                 "state_dict": self.trained_state(),
-                "config": config_dict(a), "dataset": self.task.name, "protocol": a.protocol,
-                "splits": dict(self.splits), "rank": a.rank, "targets": self.targets, "model": a.model,
-                "model_kwargs": dict(a.model_kwargs), "input_size": a.input_size,
-                "num_classes": self.task.num_classes, "layer_names": list(self.layer_names),
+                "config": stored_config(s), **model_record(s), "dataset": self.task.name,
+                "splits": dict(self.splits), "num_classes": self.task.num_classes, "layer_names": list(self.layer_names),
                 "subnet": self.subnet, "eval_subnets": self.eval_subnets, "epoch": self.epoch,
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "scheduler": dict(self.scheduler.state_dict()),
@@ -105,21 +104,21 @@ class Run:
 
     def restore(self) -> None:
         ckpt = load_checkpoint(self.ckpt_path)
-        a = self.args
-        check_compatible(ckpt, {"model": a.model, "model_kwargs": dict(a.model_kwargs), "rank": a.rank,
-                                "targets": self.targets, "protocol": a.protocol, "dataset": self.task.name,
+        s = self.settings
+        check_compatible(ckpt, {"model": s.model, "model_kwargs": dict(s.model_kwargs), "rank": s.rank,
+                                "targets": self.targets, "protocol": s.protocol, "dataset": self.task.name,
                                 "mode": self.mode, "init": self.init["init"]}, self.ckpt_path)
         # Every setting that changes the result must be the one the checkpoint was trained with:
         # otherwise the run would record values it did not use (the optimizer keeps its own wd).
-        diffs = differing_settings(ckpt["config"], config_dict(a), ignore=RESUME_FREE_KEYS)
+        diffs = differing_settings(ckpt["config"], stored_config(s), ignore=RESUME_FREE_KEYS)
         if self.mode == "subnet" and ckpt.get("subnet") != self.subnet:
-            diffs.append(f"subnet: the checkpoint's layer choices differ from those of {a.subnet}")
+            diffs.append(f"subnet: the checkpoint's layer choices differ from those of {s.subnet}")
         if diffs:
             raise CheckpointError(f"{self.ckpt_path} was trained with other settings ({'; '.join(diffs)}); "
                                   "resume with the recorded values, or start afresh with --overwrite")
         glora.load_trained_state(self.model, ckpt["state_dict"], full=self.mode == "full")
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        if a.unused_supports == "update":
+        if s.zero_fill_grads:
             zero_fill_stepped_grads(self.optimizer)  # the gradients an uninterrupted run would hold
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.sampler is not None:
@@ -128,10 +127,22 @@ class Run:
         self.epoch = ckpt["epoch"]
 
     def validate(self, loader) -> dict:
-        amp = autocast_dtype(self.args.precision, self.device)
+        amp = autocast_dtype(self.settings.precision, self.device)
         if self.mode == "supernet":
             return evaluate_subnets(self.model, loader, self.device, self.eval_subnets, self.sampler, amp)
         return evaluate(self.model, loader, self.device, amp)
+
+
+def model_record(settings: TrainSettings) -> dict:
+    """The model a checkpoint of these settings records at its top level (targets resolved)."""
+    targets = None if settings.full_finetune else settings.targets or glora.DEFAULT_TARGETS
+    return {"model": settings.model, "model_kwargs": dict(settings.model_kwargs), "rank": settings.rank,
+            "targets": targets, "input_size": settings.input_size, "protocol": settings.protocol}
+
+
+def stored_config(settings: TrainSettings) -> dict:
+    """The settings a checkpoint keeps in ``config``: all but the model, which it keeps once, above."""
+    return {key: value for key, value in settings.record().items() if key not in MODEL_KEYS}
 
 
 def inject_targets(model, targets: str, rank: int, probe: torch.Tensor) -> list[str]:
@@ -148,24 +159,24 @@ def inject_targets(model, targets: str, rank: int, probe: torch.Tensor) -> list[
 
 def init_from_supernet(run: Run, spec: str) -> dict:
     """Start a fixed subnet's glora_* tensors and head from a supernet checkpoint; the record of it."""
-    a = run.args
+    s = run.settings
     if run.mode != "subnet":
         raise CheckpointError("--init-from starts a fixed subnet (--subnet PRESET|FILE) from a supernet's "
                               "trained tensors; it does not apply to a supernet or --full-finetune run")
     path = Path(spec)
     path = path / f"{run.task.name}.pt" if path.is_dir() else path
     ckpt = load_checkpoint(path)
-    check_compatible(ckpt, {"model": a.model, "model_kwargs": dict(a.model_kwargs), "rank": a.rank,
+    check_compatible(ckpt, {"model": s.model, "model_kwargs": dict(s.model_kwargs), "rank": s.rank,
                             "targets": run.targets, "dataset": run.task.name}, path)
     if ckpt.get("mode") == "full":
         raise CheckpointError(f"{path} is a full fine-tuning checkpoint; --init-from needs GLoRA tensors")
     source = ckpt.get("protocol")
     # The subnet was chosen on the source's search split; training on it here is only honest when
     # this protocol selects on the same split (val and retrain share val200; paper uses test).
-    if source is not None and vtab.PROTOCOLS[source]["search"] != vtab.PROTOCOLS[a.protocol]["search"]:
+    if source is not None and vtab.PROTOCOLS[source]["search"] != vtab.PROTOCOLS[s.protocol]["search"]:
         raise CheckpointError(f"{path} was trained under protocol {source!r}, which selects on "
-                              f"{vtab.PROTOCOLS[source]['search']}; this run's protocol {a.protocol!r} "
-                              f"selects on {vtab.PROTOCOLS[a.protocol]['search']}")
+                              f"{vtab.PROTOCOLS[source]['search']}; this run's protocol {s.protocol!r} "
+                              f"selects on {vtab.PROTOCOLS[s.protocol]['search']}")
     glora.load_trained_state(run.model, ckpt["state_dict"])
     return {"init": "inherited", "init_from": str(path), "init_epoch": ckpt.get("epoch"),
             "init_protocol": source}
@@ -174,41 +185,41 @@ def init_from_supernet(run: Run, spec: str) -> dict:
 def describe(run: Run, train_images: int) -> str:
     """The line a run starts with: mode, task, split size, layers, trainable parameters, device."""
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-    world, batch = run.world, run.args.batch_size
+    world, batch = run.world, run.settings.batch_size
     return (f"{run.mode} on {run.task.name} ({run.splits['train']}: {train_images} images), "
             f"{len(run.layer_names)} GLoRA layers, {trainable:,} trainable parameters "
             f"(all supernet storage + head), device {run.device}"
             + (f", {world.size} ranks of {batch // world.size} images per step" if world.size > 1 else ""))
 
 
-def load_data(args: argparse.Namespace, run: Run, device: torch.device):
+def load_data(s: TrainSettings, run: Run, device: torch.device):
     """The protocol's training split (shuffled, drop_last) and search split, decoded once."""
-    load = dict(input_size=args.input_size, progress=args.progress)
-    train = vtab.load_split(args.data_path, run.task.name, run.splits["train"], **load)
-    search = vtab.load_split(args.data_path, run.task.name, run.splits["search"], **load)
-    train_loader = vtab.Loader(train, args.batch_size, shuffle=True, drop_last=True, seed=args.seed, device=device,
+    load = dict(input_size=s.input_size, progress=s.progress)
+    train = vtab.load_split(s.data_path, run.task.name, run.splits["train"], **load)
+    search = vtab.load_split(s.data_path, run.task.name, run.splits["search"], **load)
+    train_loader = vtab.Loader(train, s.batch_size, shuffle=True, drop_last=True, seed=s.seed, device=device,
                                rank=run.world.rank, world_size=run.world.size)  # each rank: its share
-    val_loader = vtab.Loader(search, args.eval_batch_size, shuffle=False, drop_last=False, device=device,
+    val_loader = vtab.Loader(search, s.eval_batch_size, shuffle=False, drop_last=False, device=device,
                              resident=len(search) <= 20000)
     return train_loader, val_loader
 
 
 def fit(run: Run, train_loader, val_loader) -> None:
     """The epoch loop: train, step the schedule, validate every ``eval_every``, checkpoint."""
-    args, device, world = run.args, run.device, run.world
-    amp = autocast_dtype(args.precision, device)
+    s, device, world = run.settings, run.device, run.world
+    amp = autocast_dtype(s.precision, device)
     params = [p for p in run.model.parameters() if p.requires_grad]
     sync = (lambda: average_gradients(params, world)) if world.size > 1 else None
     # The exact state at the start of the current epoch, saved on Ctrl-C (rank 0 writes).
     snapshot = run.payload() if world.main else None
-    while run.epoch < args.epochs:
+    while run.epoch < s.epochs:
         try:
             train_loader.set_epoch(run.epoch)
             if world.size > 1:  # stochastic depth: each rank its own draws, a function of the epoch
-                torch.manual_seed(epoch_seed(args.seed, run.epoch, world))
+                torch.manual_seed(epoch_seed(s.seed, run.epoch, world))
             stats = train_one_epoch(run.model, train_loader, run.optimizer, device, run.epoch + 1, amp,
-                                    progress=args.progress and world.main,
-                                    zero_fill_grads=args.unused_supports == "update", after_backward=sync)
+                                    progress=s.progress and world.main,
+                                    zero_fill_grads=s.zero_fill_grads, after_backward=sync)
             loss = mean_over_ranks(stats["loss"], world, device)
             # As the original (FacT's loop): step with the finished epoch's index, so epoch e+1
             # trains at the schedule's value for e.
@@ -226,15 +237,15 @@ def fit(run: Run, train_loader, val_loader) -> None:
 
 def end_epoch(run: Run, val_loader, record: dict) -> dict:
     """Validate when due, log, checkpoint; returns the new snapshot (rank 0 only)."""
-    args = run.args
-    if run.epoch % args.eval_every == 0 or run.epoch == args.epochs:
+    s = run.settings
+    if run.epoch % s.eval_every == 0 or run.epoch == s.epochs:
         val = run.validate(val_loader)
         record.update({"split": run.splits["search"], **{f"val_{k}": v for k, v in val.items()}})
         print(f"epoch {run.epoch}: loss {record['train_loss']:.4f}  {run.splits['search']} acc1 "
               f"{val['acc1']:.2f}  -> {run.ckpt_path}", flush=True)
     append_jsonl(run.log_path, record)
     snapshot = run.payload()  # built once: the checkpoint now, the Ctrl-C fallback next epoch
-    if "split" in record or run.epoch % args.save_every == 0:
+    if "split" in record or run.epoch % s.save_every == 0:
         atomic_torch_save(snapshot, run.ckpt_path)
     return snapshot
 

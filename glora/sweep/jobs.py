@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import glora
-from glora.run.config import parse_args
 from glora.sweep.plan import GLORA_METHODS, TRAIN_METHODS, Plan, cli_module
 
 KINDS = ("supernet", "search", "train", "export")
@@ -138,13 +137,13 @@ def build_jobs(plan: Plan) -> tuple[dict[str, Job], list[str]]:
 def finished(job: Job) -> str | None:
     """The CLI's own answer (``completed(args)``, what ``--resume auto`` checks): a line if done."""
     module = cli_module(job.script)
-    return module.completed(parse_args(module.get_args_parser(), job.argv))
+    return module.completed(module.settings_from(job.argv))
 
 
 def in_use_by(job: Job) -> str | None:
     """The pid of a run holding the job's output folder (its CLI's own lock), or None."""
     module = cli_module(job.script)
-    return module.output_folder(parse_args(module.get_args_parser(), job.argv)).holder()
+    return module.output_folder(module.settings_from(job.argv)).holder()
 
 
 def mark_finished(jobs: dict[str, Job], targets: list[str]) -> None:

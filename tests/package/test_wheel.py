@@ -68,11 +68,11 @@ def test_the_wheel_is_what_runs(venv, tmp_path):
 
 def test_a_shipped_plan_is_found_by_name(venv, tmp_path):
     """Fails if the plans are not package data or cannot be named (``glora-sweep demo``), including
-    the model config the demo plan names as configs/mini_vtab.yaml."""
+    the model config the demo plan names (mini_vtab), also by its old path configs/mini_vtab.yaml."""
     out = run(venv / "bin" / "glora-sweep", "demo", "--tasks", "mini_digits", "--dry-run",
               cwd=tmp_path, env=clean_env()).stdout
     assert "[todo] mini_digits/val/supernet" in out
-    assert "-m glora.run.supernet --dataset mini_digits" in out and "--config configs/mini_vtab.yaml" in out
+    assert "-m glora.run.supernet --dataset mini_digits" in out and "--config mini_vtab" in out
     config = run(venv / "bin" / "python", "-c",
                  "from glora.run.config import find_config; print(find_config('configs/mini_vtab.yaml'))",
                  cwd=tmp_path, env=clean_env()).stdout.strip()

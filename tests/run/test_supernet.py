@@ -143,10 +143,9 @@ def test_missing_pretrained_weights_is_a_clear_error(setup):
 def test_fixed_subnet_trains_only_the_tensors_it_uses(setup):
     ckpt = run(setup, "lora", "--subnet", "lora")
     assert ckpt["mode"] == "subnet" and ckpt["subnet"][0]["B"] == "LoRA_4"
-    args = parse_args(supernet.get_args_parser(), ["--config", str(setup / "tiny.yaml"), "--dataset", "eurosat",
-                                                    "--subnet", "lora"])
-    torch.manual_seed(args.seed)
-    init = glora.run.trainer.Run(args, torch.device("cpu")).trained_state()
+    settings = supernet.settings_from(["--config", str(setup / "tiny.yaml"), "--dataset", "eurosat", "--subnet", "lora"])
+    torch.manual_seed(settings.seed)
+    init = glora.run.trainer.Run(settings, torch.device("cpu")).trained_state()
     changed = {k for k in init if not torch.equal(init[k], ckpt["state_dict"][k])}
     assert changed == {k for k in init if k.endswith(("glora_Bd", "glora_Bu")) or k.startswith("head.")}
 
