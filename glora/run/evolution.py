@@ -30,8 +30,9 @@ from glora.run.config import add_common_args, differing_settings, sigterm_as_int
 from glora.run.engine import evaluate
 from glora.run.preflight import check_search
 from glora.run.results import write_results
-from glora.run.searcher import (ADOPTED, Job, budget_limit, eval_loader, export_and_test, make_results, prepare,
-                                resume_state, run_search)
+from glora.run.inputs import PATH_KEYS, differing_inputs
+from glora.run.searcher import (ADOPTED, Job, budget_limit, current_inputs, eval_loader, export_and_test,
+                                make_results, prepare, resume_state, run_search)
 from glora.run.settings import SearchSettings
 
 
@@ -75,12 +76,15 @@ def completed(settings: SearchSettings) -> str | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):  # absent or half-written: not finished
         return None
+    # Inputs are compared by content where the results record them, so a moved folder still counts.
+    paths_free = PATH_KEYS if "inputs" in record else frozenset()
     current = {key: value for key, value in settings.record().items()
-               if key in settings.given or key not in ADOPTED + ("pretrained",)}
+               if (key in settings.given or key not in ADOPTED + ("pretrained",)) and key not in paths_free}
     diffs = differing_settings(record.get("config", {}), current)
+    diffs += differing_inputs(record.get("inputs"), lambda: current_inputs(settings))
     if diffs:
-        raise CheckpointError(f"{path} holds results of other settings ({'; '.join(diffs)}); "
-                              "use another --save_path or delete it")
+        raise CheckpointError(f"{path} holds results of other settings ({'; '.join(diffs)}); they are kept: "
+                              "run these settings with another --save_path")
     return f"already finished: {path} (test acc1 {record.get('test_acc1')})"
 
 

@@ -53,6 +53,7 @@ class Results:
     versions: dict                    # torch, timm, ...
     wall_time_s: dict                 # {"search": s, "test_and_export": s}
     config: dict                      # the step's resolved settings (a valid --config)
+    inputs: dict                      # content digests of what it read: data lists, weights, supernet, subnet
     subnet_file: str | None           # "subnet.yaml" beside it (None for full fine-tuning)
     merged_model_dir: str             # "merged": the plain timm folder
 

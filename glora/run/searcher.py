@@ -16,6 +16,7 @@ import vtab
 from glora.run.checkpoint import (MODEL_KEYS, CheckpointError, check_compatible, load_checkpoint, load_subnet,
                                   state_digest, subnet_origin, versions)
 from glora.run.compile import compile_fixed, resolve_compile
+from glora.run.inputs import run_inputs, subnet_digest
 from glora.run.engine import evaluate
 from glora.errors import TargetError
 from glora.export.timm_folder import export_timm_folder
@@ -43,6 +44,7 @@ class Job:
     method: str
     searching: bool
     supernet: dict        # what was loaded: path, epoch, content hash of its trained tensors
+    inputs: dict          # the content digests of what this step reads (glora.run.inputs)
 
 
 def prepare(s: SearchSettings, device: torch.device) -> Job:
@@ -56,7 +58,28 @@ def prepare(s: SearchSettings, device: torch.device) -> Job:
         check_budget(s.rank, glora.layer_shapes(model), s.min_params, s.max_params)
         refuse_unexportable(model)
     record = {"checkpoint": str(ckpt_path), "epoch": ckpt["epoch"], "sha256": state_digest(ckpt["state_dict"])}
-    return Job(s, task, ckpt, ckpt_path, model, names, subnet, method, searching, record)
+    inputs = step_inputs(s, task, record["sha256"])
+    return Job(s, task, ckpt, ckpt_path, model, names, subnet, method, searching, record, inputs)
+
+
+def step_inputs(s: SearchSettings, task: vtab.TaskInfo, supernet_sha256: str | None) -> dict:
+    """The content digests of what this step reads: the search and test lists, the weights, the
+    checkpoint's trained tensors and a subnet file."""
+    splits = vtab.PROTOCOLS[s.protocol]
+    return run_inputs(s.data_path, task, (splits["search"], splits["test"]), s.pretrained,
+                      supernet=supernet_sha256, subnet=subnet_digest(s.subnet))
+
+
+def current_inputs(s: SearchSettings) -> dict:
+    """The inputs a run of these settings would record now (for a finished-run check); the
+    checkpoint's parts are left out when it cannot be read."""
+    task = vtab.resolve_task(s.dataset)
+    try:
+        ckpt = load_checkpoint(Path(s.load_path) / f"{task.name}.pt")
+    except CheckpointError:
+        inputs = step_inputs(s, task, None)
+        return {k: v for k, v in inputs.items() if k not in ("supernet", "pretrained")}
+    return step_inputs(adopt_recorded(s, ckpt, Path(s.load_path), quiet=True), task, state_digest(ckpt["state_dict"]))
 
 
 def load_model(s: SearchSettings, device: torch.device):
@@ -96,7 +119,7 @@ def check_finished(ckpt: dict, path: Path, allow_partial: bool) -> None:
 ADOPTED = MODEL_KEYS
 
 
-def adopt_recorded(s: SearchSettings, ckpt: dict, path: Path) -> SearchSettings:
+def adopt_recorded(s: SearchSettings, ckpt: dict, path: Path, quiet: bool = False) -> SearchSettings:
     """Take model, kwargs, rank, targets, input size, protocol and weights path from the checkpoint;
     refuse a flag given on the command line or in the YAML that contradicts one of them. Returns
     the settings with the adopted values.
@@ -119,7 +142,7 @@ def adopt_recorded(s: SearchSettings, ckpt: dict, path: Path) -> SearchSettings:
     weights = ckpt.get("config", {}).get("pretrained")
     if weights is not None and "pretrained" not in given:
         adopted["pretrained"] = weights
-    elif weights is not None and s.pretrained != weights:
+    elif weights is not None and s.pretrained != weights and not quiet:
         print(f"note: backbone weights from --pretrained {s.pretrained} (the checkpoint was trained with {weights})")
     return s.replace(**adopted)
 
@@ -292,7 +315,7 @@ def make_results(s: SearchSettings, job: Job, params: int, info: dict, tested: d
         supernet_sha256=job.supernet["sha256"], model=s.model, model_kwargs=dict(s.model_kwargs),
         search={**search, "stats": stats,
                 "plain_draw_acceptance": stats.get("plain_accepted", 0) / draws if draws else None},
-        versions=versions(), wall_time_s=timer, config=s.record(),
+        versions=versions(), wall_time_s=timer, config=s.record(), inputs=dict(job.inputs),
         subnet_file="subnet.yaml" if job.method != "full_finetune" else None, merged_model_dir="merged")
 
 

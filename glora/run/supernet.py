@@ -23,12 +23,14 @@ from glora.errors import one_line_errors
 from glora.io.outputs import OutputFolder
 from glora.run.backbone import resolve_device
 from glora.run.checkpoint import CheckpointError, load_checkpoint, recorded_settings
-from glora.run.config import add_common_args, differing_settings, sigterm_as_interrupt, write_yaml
+from glora.run.config import RUN_ONLY_KEYS, add_common_args, differing_settings, sigterm_as_interrupt, write_yaml
+from glora.run.inputs import PATH_KEYS, differing_inputs
 from glora.run.distributed import close, init_world
 from glora.run.engine import NonFiniteLossError
 from glora.run.preflight import SUPERNET_RANGES, check_batch_size, check_common, check_ranges
 from glora.run.settings import TrainSettings
-from glora.run.trainer import Run, describe, fit, load_data, model_record, stored_config, trim_log
+from glora.run.trainer import (Run, current_inputs, describe, fit, load_data, model_record, stored_config,
+                               trim_log)
 from vtab.dataset import count_listed
 
 
@@ -81,10 +83,14 @@ def completed(settings: TrainSettings) -> str | None:
     ckpt = load_checkpoint(path, mmap=True)
     if ckpt.get("epoch") != settings.epochs:
         return None
-    diffs = differing_settings(recorded_settings(ckpt), {**stored_config(settings), **model_record(settings)})
+    # Inputs are compared by content where the checkpoint records them, so a moved folder still counts.
+    paths_free = RUN_ONLY_KEYS | PATH_KEYS if "inputs" in ckpt else RUN_ONLY_KEYS
+    diffs = differing_settings(recorded_settings(ckpt), {**stored_config(settings), **model_record(settings)},
+                               ignore=paths_free)
+    diffs += differing_inputs(ckpt.get("inputs"), lambda: current_inputs(settings))
     if diffs:
-        raise CheckpointError(f"{path} is a finished run with other settings ({'; '.join(diffs)}); "
-                              "use another --save_path or delete it")
+        raise CheckpointError(f"{path} is a finished run with other settings ({'; '.join(diffs)}); it is kept: "
+                              "run these settings with another --save_path")
     return f"already finished: {path} ({settings.epochs} epochs)"
 
 

@@ -13,7 +13,8 @@ from timm.scheduler import CosineLRScheduler
 import glora
 import vtab
 from glora.run.checkpoint import (MODEL_KEYS, CheckpointError, atomic_torch_save, check_compatible,
-                                  load_checkpoint, load_subnet, subnet_origin, versions)
+                                  load_checkpoint, load_subnet, state_digest, subnet_origin, versions)
+from glora.run.inputs import PATH_KEYS, run_inputs, subnet_digest
 from glora.run.compile import compile_fixed, resolve_compile
 from glora.run.config import RUN_ONLY_KEYS, differing_settings
 from glora.run.settings import TrainSettings
@@ -30,7 +31,7 @@ from glora.export.timm_bias import unexportable_bias_free
 # Settings a resumed run may change: where files are (a moved data tree, weights or subnet file,
 # the dataset's alias) and how the run reports; everything else changes the result and must match.
 # The subnet itself (not its file name) is compared, as is the init (not the supernet's path).
-RESUME_FREE_KEYS = RUN_ONLY_KEYS | {"data_path", "pretrained", "save_path", "init_from", "dataset", "subnet"}
+RESUME_FREE_KEYS = RUN_ONLY_KEYS | PATH_KEYS | {"dataset"}
 
 
 class Run:
@@ -40,12 +41,8 @@ class Run:
         self.settings, self.device, self.world = settings, device, world
         s = settings
         self.task = vtab.resolve_task(s.dataset)
-        self.mode = "full" if s.full_finetune else ("subnet" if s.subnet else "supernet")
-        protocol = vtab.PROTOCOLS[s.protocol]
-        # A supernet trains on the protocol's supernet split; a fixed subnet or baseline on its
-        # final-training split (train800val200 under `retrain`).
-        train = protocol["train"] if self.mode == "supernet" else protocol["fit"]
-        self.splits = {"train": train, "search": protocol["search"], "test": protocol["test"]}
+        self.mode = mode_of(s)
+        self.splits = splits_of(s)
         self.model = build_model(s.model, self.task.num_classes, s.pretrained,
                                  s.model_kwargs, s.drop_path)
         self.layer_names: list[str] = []
@@ -66,6 +63,8 @@ class Run:
         elif self.mode == "supernet":
             self.sampler = glora.set_subnet(self.model, None, seed=s.seed)
         self.init = init_from_supernet(self, s.init_from) if s.init_from else {"init": "fresh"}
+        self.inputs = run_inputs(s.data_path, self.task, (self.splits["train"], self.splits["search"]),
+                                 s.pretrained, subnet=subnet_digest(s.subnet), init=self.init.get("init_sha256"))
         self.model.to(device)
         if self.mode != "supernet":  # a sampling supernet changes its graph every step
             compile_fixed(self.model, resolve_compile(s.compile, device))
@@ -95,7 +94,7 @@ class Run:
         return {"format_version": 1, "mode": self.mode, **self.origin, **self.init,
                 "state_dict": self.trained_state(),
                 "config": stored_config(s), **model_record(s), "dataset": self.task.name,
-                "splits": dict(self.splits), "num_classes": self.task.num_classes, "layer_names": list(self.layer_names),
+                "splits": dict(self.splits), "inputs": dict(self.inputs), "num_classes": self.task.num_classes, "layer_names": list(self.layer_names),
                 "subnet": self.subnet, "eval_subnets": self.eval_subnets, "epoch": self.epoch,
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "scheduler": dict(self.scheduler.state_dict()),
@@ -133,6 +132,31 @@ class Run:
         return evaluate(self.model, loader, self.device, amp)
 
 
+def mode_of(settings: TrainSettings) -> str:
+    """``full`` (full fine-tuning), ``subnet`` (a fixed subnet or baseline) or ``supernet``."""
+    return "full" if settings.full_finetune else ("subnet" if settings.subnet else "supernet")
+
+
+def splits_of(settings: TrainSettings) -> dict[str, str]:
+    """The splits a run of these settings trains on, selects on and is tested on."""
+    protocol = vtab.PROTOCOLS[settings.protocol]
+    # A supernet trains on the protocol's supernet split; a fixed subnet or baseline on its
+    # final-training split (train800val200 under `retrain`).
+    train = protocol["train"] if mode_of(settings) == "supernet" else protocol["fit"]
+    return {"train": train, "search": protocol["search"], "test": protocol["test"]}
+
+
+def current_inputs(settings: TrainSettings) -> dict:
+    """The ``inputs`` record a run of these settings would write now (for a finished-run check)."""
+    splits = splits_of(settings)
+    init = None
+    if settings.init_from:
+        path = init_checkpoint_path(settings.init_from, vtab.resolve_task(settings.dataset).name)
+        init = state_digest(load_checkpoint(path)["state_dict"])
+    return run_inputs(settings.data_path, vtab.resolve_task(settings.dataset), (splits["train"], splits["search"]),
+                      settings.pretrained, subnet=subnet_digest(settings.subnet), init=init)
+
+
 def model_record(settings: TrainSettings) -> dict:
     """The model a checkpoint of these settings records at its top level (targets resolved)."""
     targets = None if settings.full_finetune else settings.targets or glora.DEFAULT_TARGETS
@@ -163,8 +187,7 @@ def init_from_supernet(run: Run, spec: str) -> dict:
     if run.mode != "subnet":
         raise CheckpointError("--init-from starts a fixed subnet (--subnet PRESET|FILE) from a supernet's "
                               "trained tensors; it does not apply to a supernet or --full-finetune run")
-    path = Path(spec)
-    path = path / f"{run.task.name}.pt" if path.is_dir() else path
+    path = init_checkpoint_path(spec, run.task.name)
     ckpt = load_checkpoint(path)
     check_compatible(ckpt, {"model": s.model, "model_kwargs": dict(s.model_kwargs), "rank": s.rank,
                             "targets": run.targets, "dataset": run.task.name}, path)
@@ -179,7 +202,13 @@ def init_from_supernet(run: Run, spec: str) -> dict:
                               f"selects on {vtab.PROTOCOLS[s.protocol]['search']}")
     glora.load_trained_state(run.model, ckpt["state_dict"])
     return {"init": "inherited", "init_from": str(path), "init_epoch": ckpt.get("epoch"),
-            "init_protocol": source}
+            "init_protocol": source, "init_sha256": state_digest(ckpt["state_dict"])}
+
+
+def init_checkpoint_path(spec: str, task: str) -> Path:
+    """``--init-from``: the checkpoint file itself, or its --save_path folder."""
+    path = Path(spec)
+    return path / f"{task}.pt" if path.is_dir() else path
 
 
 def describe(run: Run, train_images: int) -> str:
