@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 import glora
-import vtab
 from glora.errors import one_line_errors
 from glora.io.outputs import OutputFolder
 from glora.run.backbone import autocast_dtype, resolve_device
@@ -31,7 +30,7 @@ from glora.run.engine import evaluate
 from glora.run.preflight import check_search
 from glora.run.results import write_results
 from glora.run.inputs import PATH_KEYS, differing_inputs
-from glora.run.searcher import (ADOPTED, Job, budget_limit, current_inputs, eval_loader, export_and_test,
+from glora.run.searcher import (ADOPTED, Job, budget_limit, current_inputs, eval_loaders, export_and_test,
                                 make_results, prepare, resume_state, run_search)
 from glora.run.settings import SearchSettings
 
@@ -116,20 +115,19 @@ def main(settings: SearchSettings) -> None:
     torch.manual_seed(s.seed)
     job = prepare(s, device)  # checkpoint, model, budget: all checked before data is read
     s = job.settings  # with the model settings the checkpoint records
-    state = resume_state(out / "search_state.json", job.supernet) if s.resume and job.searching else None
+    state = resume_state(out / "search_state.json", job.supernet, s, glora.layer_shapes(job.model)) \
+        if s.resume and job.searching else None
+    loaders = eval_loaders(s, job.task, device)  # the data is read before --overwrite removes anything
     with folder.acquire(s.overwrite, seen):
-        write_yaml(out / "s.yaml", s.record())  # the resolved settings, checkpoint's included
-        results = search_and_export(s, job, device, out, state)
+        write_yaml(out / "args.yaml", s.record())  # the resolved settings, checkpoint's included
+        results = search_and_export(s, job, device, out, state, loaders)
     print(f"{job.task.name}: {job.method} with {results.params_M:.4f}M params: {results.selection_split} "
           f"acc1 {results.search_acc1:.2f}, test acc1 {results.test_acc1:.2f} -> {out}")
 
 
-def search_and_export(s: SearchSettings, job: Job, device: torch.device, out: Path, state):
-    """Read the splits, search (or take the fixed subnet), export, test; write results.json."""
-    splits = vtab.PROTOCOLS[s.protocol]
-    # Under the paper protocol the search split is the test split: load it once.
-    loaders = {split: eval_loader(s, job.task, split, device) for split in {splits["search"], splits["test"]}}
-    search_loader, test_loader = loaders[splits["search"]], loaders[splits["test"]]
+def search_and_export(s: SearchSettings, job: Job, device: torch.device, out: Path, state, loaders):
+    """Search (or take the fixed subnet), export, test; write results.json."""
+    search_loader, test_loader = loaders
     model, subnet, start = job.model, job.subnet, time.time()
     if job.searching:
         subnet, info = run_search(s, model, search_loader, device, out, state, job.supernet)

@@ -177,8 +177,17 @@ def choose_fixed(s: SearchSettings, ckpt, layer_names) -> tuple[list | None, str
     return None, "glora"
 
 
-def resume_state(path: Path, supernet: dict) -> dict:
-    """The search state to continue; refused if unreadable or saved on another supernet."""
+def new_search(s: SearchSettings, shapes, evaluate_fn) -> EvolutionSearch:
+    """The evolutionary search these settings describe, scoring candidates with ``evaluate_fn``."""
+    return EvolutionSearch(evaluate_fn, shapes, s.rank, population_num=s.population_num,
+                           select_num=s.select_num, mutation_num=s.mutation_num, m_prob=s.m_prob,
+                           crossover_num=s.crossover_num, max_epochs=s.max_epochs, max_params=s.max_params,
+                           min_params=s.min_params, seed=s.seed, plain_tries=s.plain_tries)
+
+
+def resume_state(path: Path, supernet: dict, s: SearchSettings, shapes) -> dict:
+    """The search state to continue, checked whole before anything is written: refused if
+    unreadable, saved on another supernet, or saved with other search settings."""
     try:
         state = json.loads(path.read_text())
     except FileNotFoundError:
@@ -195,6 +204,10 @@ def resume_state(path: Path, supernet: dict) -> dict:
             "--overwrite, or restore the supernet that was searched")
     if not isinstance(searched, dict):
         print(f"note: {path} does not record which supernet it searched (an older state); trusting it")
+    try:
+        new_search(s, shapes, lambda subnet: 0.0).load_state_dict(state)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     return state
 
 
@@ -209,18 +222,10 @@ def run_search(s: SearchSettings, model, search_loader, device, out: Path, state
     candidate = CandidateModel(model)
     compile_fixed(candidate.plain, resolve_compile(s.compile, device))
     evaluate_fn = lambda subnet: evaluate(candidate.load(subnet), search_loader, device, amp)["acc1"]
-    search = EvolutionSearch(evaluate_fn, glora.layer_shapes(model), s.rank,
-                             population_num=s.population_num, select_num=s.select_num,
-                             mutation_num=s.mutation_num, m_prob=s.m_prob,
-                             crossover_num=s.crossover_num, max_epochs=s.max_epochs,
-                             max_params=s.max_params, min_params=s.min_params, seed=s.seed,
-                             plain_tries=s.plain_tries)
+    search = new_search(s, glora.layer_shapes(model), evaluate_fn)
     state_path = out / "search_state.json"
     if state is not None:
-        try:
-            search.load_state_dict(state)
-        except CheckpointError as err:
-            raise CheckpointError(f"{state_path}: {err}") from None
+        search.load_state_dict(state)  # checked by resume_state before anything was written
         print(f"resumed the search at generation {search.generation}")
     bar = progress_bar(desc="search", total=s.max_epochs + 1, enabled=s.progress, unit="generation")
     bar.update(search.generation)  # generations a resumed search has done already
@@ -276,6 +281,13 @@ def eval_loader(s: SearchSettings, task, split: str, device: torch.device):
     """A split decoded once, evaluated in chunks (the uint8 stays on the host)."""
     data = vtab.load_split(s.data_path, task.name, split, input_size=s.input_size, progress=s.progress)
     return vtab.Loader(data, s.eval_batch_size, shuffle=False, drop_last=False, device=device, resident=False)
+
+
+def eval_loaders(s: SearchSettings, task, device: torch.device) -> tuple:
+    """The search split's and the test split's loaders (one, under `paper`, where they are the same)."""
+    splits = vtab.PROTOCOLS[s.protocol]
+    loaders = {split: eval_loader(s, task, split, device) for split in {splits["search"], splits["test"]}}
+    return loaders[splits["search"]], loaders[splits["test"]]
 
 
 SPLIT_PARTS = {"train800val200": ("train800", "val200")}

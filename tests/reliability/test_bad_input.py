@@ -222,7 +222,6 @@ def test_interrupt_before_the_first_generation_does_not_name_a_missing_state(roo
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr("glora.run.searcher.eval_loader", stop)
-    monkeypatch.setattr("glora.run.evolution.eval_loader", stop)
     text = str(pytest.raises(SystemExit, evolution.cli, [
         "--config", str(root / "tiny.yaml"), "--dataset", "eurosat", "--load_path", str(root / "sup"),
         "--save_path", str(root / "early"), "--param-limits", "0.006"]).value.code)

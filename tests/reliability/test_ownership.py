@@ -75,6 +75,23 @@ def test_refused_resume_does_not_touch_args_yaml(root):
     assert snapshot(root / "search") == before
 
 
+def test_resume_refused_by_the_search_state_does_not_touch_args_yaml(root):
+    """Fails if a resume that the search state refuses (other search settings) first rewrites
+    args.yaml, which then disagrees with results.json."""
+    before = snapshot(root / "search")
+    message = refused(search, root, "search", "--resume", "--population-num", "6")
+    assert "search_state.json: search state was saved with different settings: population_num" in message
+    assert snapshot(root / "search") == before
+
+
+def test_overwrite_without_data_keeps_the_old_run(root, tmp_path):
+    """Fails if --overwrite deletes the finished search before finding that the data is missing."""
+    before = snapshot(root / "search")
+    message = refused(search, root, "search", "--overwrite", "--data-path", str(tmp_path / "nowhere"))
+    assert "nowhere" in message and "not found" in message
+    assert snapshot(root / "search") == before
+
+
 def test_overwrite_replaces_the_run_and_its_outputs(root):
     """Fails if --overwrite keeps files of the previous run (a mix), or is accepted with --resume."""
     search(root, "again")
