@@ -167,13 +167,25 @@ def supernet_protocol(ckpt: dict, protocol: str) -> str:
 
 
 def choose_fixed(s: SearchSettings, ckpt, layer_names) -> tuple[list | None, str]:
-    """The subnet to export without search, if any, and the method label for results.json."""
+    """The subnet to export without search, if any, and the method label for results.json.
+
+    A trained checkpoint is exported as what it trained: ``--subnet`` may restate its subnet, but
+    naming another would record a model that was never trained as a trained baseline.
+    """
     if ckpt["mode"] == "full":
+        if s.subnet:
+            raise CheckpointError(f"--subnet {s.subnet}: the checkpoint is a full fine-tuning run, which has no "
+                                  "subnet; export it without --subnet")
         return None, "full_finetune"
-    if s.subnet:
-        return load_subnet(s.subnet, layer_names, s.rank), subnet_origin(s.subnet)["method"]
+    given = load_subnet(s.subnet, layer_names, s.rank) if s.subnet else None
     if ckpt["mode"] == "subnet":
+        if given is not None and given != ckpt["subnet"]:
+            raise CheckpointError(f"--subnet {s.subnet} differs from the subnet this checkpoint trained "
+                                  f"({ckpt.get('method') or ckpt['config'].get('subnet')}); export it without --subnet, "
+                                  "or train that subnet first")
         return ckpt["subnet"], ckpt.get("method") or ckpt["config"].get("subnet") or "subnet"
+    if given is not None:
+        return given, subnet_origin(s.subnet)["method"]
     return None, "glora"
 
 

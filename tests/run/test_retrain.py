@@ -89,6 +89,20 @@ def test_baseline_under_retrain_trains_on_train800val200(searched):
     assert got["init"] == "fresh" and got["param_limit_M"] is None
 
 
+def test_a_trained_checkpoint_exports_only_its_own_subnet(searched, tmp_path):
+    """Fails if a LoRA-trained checkpoint exported with --subnet bitfit is recorded as a trained
+    bitfit baseline (weights that never trained as bitfit); restating its own subnet is fine."""
+    if not (searched / "lora" / "eurosat.pt").is_file():
+        retrain(searched, "lora", "--subnet", "lora", "--lr", "1e-2")
+    export = ["--config", str(searched / "tiny.yaml"), "--protocol", "retrain", "--load_path", str(searched / "lora")]
+    with pytest.raises(SystemExit, match="--subnet bitfit differs from the subnet this checkpoint trained \\(lora\\)"):
+        evolution.cli([*export, "--save_path", str(tmp_path / "bitfit"), "--subnet", "bitfit"])
+    assert not (tmp_path / "bitfit").exists()
+    evolution.cli([*export, "--save_path", str(tmp_path / "same"), "--subnet", "lora"])
+    record = json.loads((tmp_path / "same" / "results.json").read_text())
+    assert (record["method"], record["weights"]) == ("lora", "trained")
+
+
 def test_init_from_refusals(searched, tmp_path):
     """Fails if --init-from accepts a supernet selected on another split, a supernet run, or a
     checkpoint of another rank, instead of one clear line."""
