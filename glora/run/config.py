@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import copy
 import json
@@ -22,8 +23,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", type=str, default="cifar", help="VTAB-1k task folder name")
     parser.add_argument("--data-path", type=str, default="data/vtab-1k")
     parser.add_argument("--model", type=str, default="vit_base_patch16_224_in21k", help="timm model name")
-    parser.add_argument("--model-kwargs", type=json.loads, default={},
-                        help='extra timm.create_model arguments as JSON, e.g. \'{"depth": 2}\'')
+    parser.add_argument("--model-kwargs", type=parse_kwargs, nargs="+", action=MergeKwargs, default={},
+                        metavar="KEY=VALUE", help="extra timm.create_model arguments, as timm's key=value pairs "
+                        "(depth=2 img_size=32) or one JSON object ('{\"depth\": 2}')")
     parser.add_argument("--pretrained", type=str, default="ViT-B_16.npz",
                         help="backbone weights: .npz (Google layout), .pth/.pt/.safetensors, or none")
     parser.add_argument("--input-size", type=int, default=224)
@@ -53,7 +55,43 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="start afresh in a --save_path that holds a run, deleting that run's outputs "
                              "(without it such a folder is refused unless --resume)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved settings as YAML (a valid --config) and exit")
     return parser
+
+
+def parse_kwargs(text: str) -> dict[str, Any]:
+    """One ``--model-kwargs`` value: a JSON object, or ``key=value`` pairs (values read as Python
+    literals where they parse, else as text), as timm's ``--model-kwargs`` takes them."""
+    text = str(text).strip()
+    if text.startswith(("{", "[")):  # JSON; anything but an object is refused by the checks, naming it
+        try:
+            return json.loads(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"not a JSON object: {err}") from None
+    pairs = {}
+    for item in text.split():
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
+        try:
+            pairs[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            pairs[key] = raw
+    return pairs
+
+
+class MergeKwargs(argparse.Action):
+    """``--model-kwargs a=1 b=2``: the pairs of every token, merged into one mapping."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) == 1 or not all(isinstance(value, dict) for value in values):
+            setattr(namespace, self.dest, values[0])
+            return
+        merged: dict[str, Any] = {}
+        for value in values:
+            merged.update(value)
+        setattr(namespace, self.dest, merged)
 
 
 def resume_mode(value: str) -> bool | str:
@@ -152,7 +190,7 @@ def load_yaml_overrides(parser: argparse.ArgumentParser, path: str) -> dict[str,
 
 def _typed(action: argparse.Action, value: Any, file: Path, key: str) -> Any:
     # PyYAML reads 1e-4 as the string "1e-4": convert strings through the argument's own type.
-    if isinstance(value, str) and action.type is not None and action.type is not json.loads:
+    if isinstance(value, str) and action.type is not None:
         try:
             value = action.type(value)
         except (TypeError, ValueError, argparse.ArgumentTypeError):
@@ -174,7 +212,7 @@ def _type_problem(action: argparse.Action, value: Any) -> str | None:
         return None  # an optional setting left unset
     if action.nargs == 0:  # store_true / store_false
         return None if isinstance(value, bool) else "true or false"
-    if action.type is json.loads:
+    if action.type is parse_kwargs:
         return None if isinstance(value, dict) else "a mapping"
     if action.type is int:
         return None if isinstance(value, int) and not isinstance(value, bool) else "a valid int"

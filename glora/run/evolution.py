@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 import glora
 from glora.errors import one_line_errors
@@ -38,15 +39,15 @@ from glora.run.settings import SearchSettings
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("GLoRA evolutionary search", add_help=True)
     add_common_args(parser)
-    parser.add_argument("--save_path", type=str, default="runs/search", help="output folder of this search")
-    parser.add_argument("--load_path", type=str, default="runs/supernet", help="supernet --save_path")
+    parser.add_argument("--save_path", "--save-path", type=str, default="runs/search", help="output folder of this search")
+    parser.add_argument("--load_path", "--load-path", type=str, default="runs/supernet", help="supernet --save_path")
     parser.add_argument("--param-limits", type=float, default=1.0, help="max GLoRA parameters (M)")
     parser.add_argument("--min-param-limits", type=float, default=0.0, help="min GLoRA parameters (M)")
     parser.add_argument("--max-epochs", "--epochs", dest="max_epochs", type=int, default=20,
                         help="generations after the initial population")
     parser.add_argument("--select-num", type=int, default=10)
     parser.add_argument("--population-num", type=int, default=50)
-    parser.add_argument("--m_prob", type=float, default=0.2)
+    parser.add_argument("--m_prob", "--m-prob", type=float, default=0.2)
     parser.add_argument("--crossover-num", type=int, default=25)
     parser.add_argument("--mutation-num", type=int, default=25)
     parser.add_argument("--seed", type=int, default=1)
@@ -152,6 +153,9 @@ def search_and_export(s: SearchSettings, job: Job, device: torch.device, out: Pa
 def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
     settings = settings_from(argv)
+    if settings.print_config:
+        print(yaml.safe_dump(settings.record(), sort_keys=False), end="")
+        return
     try:
         with one_line_errors(), sigterm_as_interrupt():
             main(settings)

@@ -44,6 +44,7 @@ class Common:
     progress: bool
     save_path: str
     seed: int
+    print_config: bool
     given: frozenset = field(default=frozenset(), kw_only=True, compare=False)
 
     @classmethod
@@ -63,7 +64,8 @@ class Common:
 
     def record(self) -> dict[str, Any]:
         """The settings as plain types, in field order (YAML files, checkpoints, results)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "given"}
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name not in ("given", "print_config")}
 
 
 @dataclass(frozen=True)

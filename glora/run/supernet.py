@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 import vtab
 from glora.errors import one_line_errors
@@ -37,7 +38,7 @@ from vtab.dataset import count_listed
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("GLoRA supernet training", add_help=True)
     add_common_args(parser)
-    parser.add_argument("--save_path", type=str, default="runs/supernet", help="output folder")
+    parser.add_argument("--save_path", "--save-path", type=str, default="runs/supernet", help="output folder")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4)
     parser.add_argument("--epochs", type=int, default=500)
@@ -157,6 +158,9 @@ def check_args(settings: TrainSettings) -> None:
 def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
     settings = settings_from(argv)
+    if settings.print_config:
+        print(yaml.safe_dump(settings.record(), sort_keys=False), end="")
+        return
     try:
         with one_line_errors(), sigterm_as_interrupt():
             main(settings)

@@ -112,7 +112,7 @@ def flag_value(action: Action, option: str, value: Any, where: str) -> str | boo
     if value is None:
         return None
     text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-    if action.type is not None and action.type is not json.loads:
+    if action.type is not None:
         try:
             typed = action.type(text)
         except Exception:  # noqa: BLE001 - argparse's own types raise ValueError or TypeError

@@ -69,3 +69,27 @@ def test_a_checkpoint_keeps_each_setting_once(tmp_path):
     assert {k: recorded[k] for k in settings.record() if k != "targets"} == \
         {k: v for k, v in settings.record().items() if k != "targets"}
     assert recorded["targets"] is not None  # resolved to the default targets
+
+
+@pytest.mark.parametrize("module, kind", STEPS)
+def test_print_config_prints_a_config_that_replays(module, kind, tmp_path, capsys):
+    """Fails if --print-config runs the step, or prints something that is not a --config giving the
+    same settings."""
+    argv = ["--dataset", "eurosat", "--rank", "2", "--save-path", str(tmp_path / "never")]
+    module.cli([*argv, "--print-config"])
+    printed = capsys.readouterr().out
+    assert not (tmp_path / "never").exists()
+    (tmp_path / "printed.yaml").write_text(printed)
+    assert module.settings_from(["--config", str(tmp_path / "printed.yaml")]) == module.settings_from(argv)
+
+
+def test_timm_style_model_kwargs_and_hyphenated_spellings():
+    """Fails if --model-kwargs takes only JSON (timm users write key=value pairs), or if the
+    hyphenated spellings of --save_path, --load_path and --m_prob are refused."""
+    pairs = supernet.settings_from(["--model-kwargs", "depth=2", "img_size=32", "depths=[2,2]", "act=gelu"])
+    as_json = supernet.settings_from(["--model-kwargs", '{"depth": 2, "img_size": 32, "depths": [2, 2], "act": "gelu"}'])
+    assert pairs.model_kwargs == as_json.model_kwargs == {"depth": 2, "img_size": 32, "depths": [2, 2], "act": "gelu"}
+    hyphens = evolution.settings_from(["--save-path", "a", "--load-path", "b", "--m-prob", "0.3"])
+    assert (hyphens.save_path, hyphens.load_path, hyphens.m_prob) == ("a", "b", 0.3)
+    with pytest.raises(SystemExit):
+        supernet.settings_from(["--model-kwargs", "depth"])
