@@ -9,18 +9,25 @@ import torch
 from torch import nn
 
 from glora.errors import ConfigError, WeightsError
+from glora.run.checkpoint import state_digest
+
 WEIGHTS_HELP = ("download the original ImageNet-21k ViT-B/16 weights "
                 "(https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz) into the "
                 "repository root (see data/README.md), or pass --pretrained none")
 
 
 def build_model(name: str, num_classes: int, pretrained: str | None = None,
-                model_kwargs: dict[str, Any] | None = None, drop_path_rate: float = 0.1) -> nn.Module:
+                model_kwargs: dict[str, Any] | None = None, drop_path_rate: float = 0.1,
+                init_seed: int | None = None) -> nn.Module:
     """A timm model with local backbone weights and a freshly initialised head.
 
     ``pretrained`` is a ``.npz`` (Google layout, through timm's loader), ``.pth``/``.pt``/
-    ``.safetensors`` (a timm state dict), or ``None``/``"none"`` for random init.
+    ``.safetensors`` (a timm state dict), or ``None``/``"none"`` for random init. ``init_seed``
+    seeds torch's generator first, so a random backbone (and any head the task does not train)
+    is rebuilt bit for bit by a later step (``frozen_digest`` checks it).
     """
+    if init_seed is not None:
+        torch.manual_seed(init_seed)
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
         raise ConfigError(f"model_kwargs {model_kwargs!r}: must be a mapping of timm.create_model arguments")
     kwargs = dict(model_kwargs or {})
@@ -38,6 +45,12 @@ def build_model(name: str, num_classes: int, pretrained: str | None = None,
     # As the original: a new head for the task, whatever the checkpoint held.
     model.reset_classifier(num_classes)
     return model
+
+
+def frozen_digest(model: nn.Module, trained: "set[str] | dict") -> str:
+    """The sha256 of every tensor of ``model`` that is not in ``trained`` (what a run keeps frozen
+    and does not save: a later step must rebuild exactly these)."""
+    return state_digest({k: v for k, v in model.state_dict().items() if k not in trained})
 
 
 def load_backbone(model: nn.Module, path: str | Path) -> None:

@@ -13,8 +13,8 @@ from glora.errors import one_line_errors
 from glora.export.peft import export_peft
 from glora.export.peft_map import AdapterPlan
 from glora.inject import inject_glora, load_trained_state, set_subnet
-from glora.run.backbone import build_model
 from glora.run.checkpoint import CheckpointError, load_checkpoint, load_subnet
+from glora.run.searcher import check_frozen, rebuild_model
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -32,8 +32,9 @@ def main(args: argparse.Namespace) -> list[AdapterPlan]:
     if ckpt.get("mode") not in ("supernet", "subnet") or "model" not in ckpt:
         raise CheckpointError(f"{args.checkpoint} is not a GLoRA supernet or subnet checkpoint of this project")
     pretrained = args.pretrained or ckpt["config"].get("pretrained")
-    model = build_model(ckpt["model"], ckpt["num_classes"], pretrained, ckpt["model_kwargs"], drop_path_rate=0.0)
+    model = rebuild_model(ckpt, args.checkpoint, ckpt["model"], ckpt["num_classes"], pretrained, ckpt["model_kwargs"])
     names = inject_glora(model, ckpt["rank"], targets=ckpt.get("targets"))
+    check_frozen(model, ckpt, args.checkpoint)
     load_trained_state(model, ckpt["state_dict"])
     if args.subnet is None and ckpt.get("subnet") is None:
         raise CheckpointError(f"{args.checkpoint} is a supernet; name the searched subnet with --subnet")

@@ -21,7 +21,7 @@ from glora.run.engine import evaluate
 from glora.errors import TargetError
 from glora.export.timm_folder import export_timm_folder
 from glora.merge import CandidateModel
-from glora.run.backbone import autocast_dtype, build_model
+from glora.run.backbone import autocast_dtype, build_model, frozen_digest
 from glora.io.files import atomic_write
 from glora.run.results import Results
 from glora.run.settings import SearchSettings
@@ -90,7 +90,7 @@ def load_model(s: SearchSettings, device: torch.device):
     s = adopt_recorded(s, ckpt, ckpt_path)
     check_compatible(ckpt, {"dataset": task.name}, ckpt_path)
     check_finished(ckpt, ckpt_path, s.allow_partial)
-    model = build_model(s.model, task.num_classes, s.pretrained, s.model_kwargs, drop_path_rate=0.0)
+    model = rebuild_model(ckpt, ckpt_path, s.model, task.num_classes, s.pretrained, s.model_kwargs)
     forward_once(model, torch.zeros(1, s.model_kwargs.get("in_chans", 3), s.input_size, s.input_size))
     if ckpt["mode"] != "full":
         names = glora.inject_glora(model, s.rank, targets=s.targets)
@@ -98,9 +98,30 @@ def load_model(s: SearchSettings, device: torch.device):
         if recorded is not None and names != recorded:
             raise CheckpointError(f"{ckpt_path} holds {len(recorded)} GLoRA layers ({recorded[0]} …), but "
                                   f"targets {s.targets!r} give {len(names)} here ({names[0]} …)")
+    check_frozen(model, ckpt, ckpt_path)
     glora.load_trained_state(model, ckpt["state_dict"], full=ckpt["mode"] == "full")
     print(f"loaded {ckpt_path} ({ckpt['mode']}, epoch {ckpt['epoch']})")
     return s, task, ckpt, ckpt_path, model.to(device).eval()
+
+
+def rebuild_model(ckpt: dict, path: Path, name: str, num_classes: int, pretrained: str | None,
+                  model_kwargs: dict) -> nn.Module:
+    """The model the checkpoint trained, built again: the same weights file and the same seed, so a
+    random backbone (``--pretrained none``) and any untrained head come out bit for bit."""
+    seed = (ckpt.get("backbone") or {}).get("init_seed", ckpt.get("config", {}).get("seed"))
+    return build_model(name, num_classes, pretrained, model_kwargs, drop_path_rate=0.0, init_seed=seed)
+
+
+def check_frozen(model: nn.Module, ckpt: dict, path: Path) -> None:
+    """Refuse a rebuilt model whose frozen tensors differ from those the checkpoint trained with
+    (other weights, another torch build): its scores would be of a model nobody trained."""
+    recorded = (ckpt.get("backbone") or {}).get("frozen_sha256")
+    if recorded is None or ckpt["mode"] == "full":
+        return
+    if frozen_digest(model, ckpt["state_dict"]) != recorded:
+        raise CheckpointError(f"{path}: the frozen backbone built here differs from the one it was trained with "
+                              f"(sha256 {recorded[:12]}… recorded); give the same --pretrained file, or for a random "
+                              "backbone the same torch version")
 
 
 def check_finished(ckpt: dict, path: Path, allow_partial: bool) -> None:

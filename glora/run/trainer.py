@@ -20,7 +20,7 @@ from glora.run.config import RUN_ONLY_KEYS, differing_settings
 from glora.run.settings import TrainSettings
 from glora.run.distributed import World, average_gradients, epoch_seed, mean_over_ranks
 from glora.run.engine import evaluate, evaluate_subnets, train_one_epoch, zero_fill_stepped_grads
-from glora.run.backbone import autocast_dtype, build_model
+from glora.run.backbone import autocast_dtype, build_model, frozen_digest
 from glora.run.preflight import check_rank
 from glora.io.files import atomic_write
 from glora.run.preflight import check_targets_called, forward_once
@@ -43,8 +43,8 @@ class Run:
         self.task = vtab.resolve_task(s.dataset)
         self.mode = mode_of(s)
         self.splits = splits_of(s)
-        self.model = build_model(s.model, self.task.num_classes, s.pretrained,
-                                 s.model_kwargs, s.drop_path)
+        self.model = build_model(s.model, self.task.num_classes, s.pretrained, s.model_kwargs, s.drop_path,
+                                 init_seed=s.seed)
         self.layer_names: list[str] = []
         self.sampler = self.subnet = self.targets = None
         probe = torch.zeros(1, s.model_kwargs.get("in_chans", 3), s.input_size, s.input_size)
@@ -63,6 +63,8 @@ class Run:
         elif self.mode == "supernet":
             self.sampler = glora.set_subnet(self.model, None, seed=s.seed)
         self.init = init_from_supernet(self, s.init_from) if s.init_from else {"init": "fresh"}
+        # How the frozen part was made: a later step rebuilds it with this seed and checks the digest.
+        self.backbone = {"init_seed": s.seed, "frozen_sha256": frozen_digest(self.model, self.trained_state())}
         self.inputs = run_inputs(s.data_path, self.task, (self.splits["train"], self.splits["search"]),
                                  s.pretrained, subnet=subnet_digest(s.subnet), init=self.init.get("init_sha256"))
         self.model.to(device)
@@ -94,7 +96,8 @@ class Run:
         return {"format_version": 1, "mode": self.mode, **self.origin, **self.init,
                 "state_dict": self.trained_state(),
                 "config": stored_config(s), **model_record(s), "dataset": self.task.name,
-                "splits": dict(self.splits), "inputs": dict(self.inputs), "num_classes": self.task.num_classes, "layer_names": list(self.layer_names),
+                "splits": dict(self.splits), "inputs": dict(self.inputs), "backbone": dict(self.backbone),
+                "num_classes": self.task.num_classes, "layer_names": list(self.layer_names),
                 "subnet": self.subnet, "eval_subnets": self.eval_subnets, "epoch": self.epoch,
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "scheduler": dict(self.scheduler.state_dict()),
