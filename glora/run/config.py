@@ -55,6 +55,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="start afresh in a --save_path that holds a run, deleting that run's outputs "
                              "(without it such a folder is refused unless --resume)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    parser.add_argument("--log-tensorboard", type=str, default=None, metavar="DIR",
+                        help="also write TensorBoard scalars into DIR (needs the tensorboard extra)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved settings as YAML (a valid --config) and exit")
     return parser
@@ -108,7 +110,8 @@ def resume_mode(value: str) -> bool | str:
 
 # Settings that do not change what a run computes: a finished run is reused across them.
 RUN_ONLY_KEYS = frozenset({"resume", "progress", "device", "config", "save_every", "eval_every",
-                           "eval_subnets", "eval_batch_size", "overwrite", "allow_partial", "compile"})
+                           "eval_subnets", "eval_batch_size", "overwrite", "allow_partial", "compile",
+                           "log_tensorboard"})
 
 
 def differing_settings(recorded: dict[str, Any], current: dict[str, Any],

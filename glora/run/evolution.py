@@ -25,12 +25,13 @@ import glora
 from glora.errors import one_line_errors
 from glora.io.outputs import OutputFolder
 from glora.run.backbone import autocast_dtype, resolve_device
-from glora.run.checkpoint import CheckpointError, subnet_document
+from glora.run.checkpoint import CheckpointError, subnet_document, versions
 from glora.run.config import add_common_args, differing_settings, sigterm_as_interrupt, write_yaml
 from glora.run.engine import evaluate
 from glora.run.preflight import check_search
 from glora.run.results import write_results
 from glora.run.inputs import PATH_KEYS, differing_inputs
+from glora.run.logs import log, run_log
 from glora.run.searcher import (ADOPTED, Job, budget_limit, current_inputs, eval_loaders, export_and_test,
                                 make_results, prepare, resume_state, run_search)
 from glora.run.settings import SearchSettings
@@ -90,7 +91,7 @@ def completed(settings: SearchSettings) -> str | None:
 
 # What marks a folder as holding a search or export; --overwrite deletes these and the extras.
 OUTPUTS = ("results.json", "search_state.json", "subnet.yaml")
-EXTRAS = ("history.jsonl", "merged", "args.yaml")
+EXTRAS = ("history.jsonl", "merged", "args.yaml", "run.log")
 
 
 def output_folder(settings: SearchSettings) -> OutputFolder:
@@ -119,11 +120,13 @@ def main(settings: SearchSettings) -> None:
     state = resume_state(out / "search_state.json", job.supernet, s, glora.layer_shapes(job.model)) \
         if s.resume and job.searching else None
     loaders = eval_loaders(s, job.task, device)  # the data is read before --overwrite removes anything
-    with folder.acquire(s.overwrite, seen):
+    with folder.acquire(s.overwrite, seen), run_log(out / "run.log", "glora-evolution", s.argv, versions()):
+        log(f"{'searching' if job.searching else 'exporting'} {job.ckpt_path} ({job.ckpt['mode']}, epoch "
+            f"{job.ckpt['epoch']}, sha256 {job.supernet['sha256'][:12]}…)", file_only=True)
         write_yaml(out / "args.yaml", s.record())  # the resolved settings, checkpoint's included
         results = search_and_export(s, job, device, out, state, loaders)
-    print(f"{job.task.name}: {job.method} with {results.params_M:.4f}M params: {results.selection_split} "
-          f"acc1 {results.search_acc1:.2f}, test acc1 {results.test_acc1:.2f} -> {out}")
+        log(f"{job.task.name}: {job.method} with {results.params_M:.4f}M params: {results.selection_split} "
+            f"acc1 {results.search_acc1:.2f}, test acc1 {results.test_acc1:.2f} -> {out}")
 
 
 def search_and_export(s: SearchSettings, job: Job, device: torch.device, out: Path, state, loaders):

@@ -17,6 +17,7 @@ from glora.run.checkpoint import (MODEL_KEYS, CheckpointError, check_compatible,
                                   state_digest, subnet_origin, versions)
 from glora.run.compile import compile_fixed, resolve_compile
 from glora.run.inputs import run_inputs, subnet_digest
+from glora.run.logs import Scalars, log
 from glora.run.engine import evaluate
 from glora.errors import TargetError
 from glora.export.timm_folder import export_timm_folder
@@ -259,18 +260,26 @@ def run_search(s: SearchSettings, model, search_loader, device, out: Path, state
     state_path = out / "search_state.json"
     if state is not None:
         search.load_state_dict(state)  # checked by resume_state before anything was written
-        print(f"resumed the search at generation {search.generation}")
+        log(f"resumed the search at generation {search.generation}")
     bar = progress_bar(desc="search", total=s.max_epochs + 1, enabled=s.progress, unit="generation")
     bar.update(search.generation)  # generations a resumed search has done already
+    scalars = Scalars(s.log_tensorboard)
 
     def on_generation(state: dict, info: dict) -> None:
         write_json(state_path, {**state, "supernet": supernet})
         write_lines(out / "history.jsonl", state["evaluated"])
         bar.update(1)
         bar.set_postfix(best=f"{info['best_fitness']:.2f}", params=f"{info['best_params'] / 1e6:.3f}M")
+        new = [r["fitness"] for r in info["records"]]
+        mean = sum(new) / len(new) if new else float("nan")
+        log(f"generation {info['generation']}: best {info['best_fitness']:.2f} at {info['best_params'] / 1e6:.4f}M, "
+            f"mean of {len(new)} new {mean:.2f}, {info['num_evaluated']} evaluated", file_only=True)
+        scalars.add(info["generation"], **{"search/best": info["best_fitness"], "search/mean_new": mean,
+                                            "search/best_params_M": info["best_params"] / 1e6})
 
     result = search.run(on_generation)
     bar.close()
+    scalars.close()
     return result.subnet, {"search_acc1": result.fitness, "num_evaluated": result.num_evaluated,
                            "generations": result.generations, "stats": result.stats,
                            "top_k": [{k: r[k] for k in ("params", "fitness", "generation")} for r in result.top_k]}
@@ -293,8 +302,8 @@ def export_and_test(s: SearchSettings, task, model, test_loader, device, out: Pa
         # increments apart from W0, so an image at a decision boundary may flip. The merge itself
         # must still be exact: checked in fp32.
         check_merge_in_fp32(model, reloaded, test_loader)
-        print(f"note: under {s.precision} the exported model scores {again['acc1']:.2f} on test and the "
-              f"unmerged subnet {unmerged['acc1']:.2f} (rounding); in fp32 they agree", flush=True)
+        log(f"note: under {s.precision} the exported model scores {again['acc1']:.2f} on test and the "
+            f"unmerged subnet {unmerged['acc1']:.2f} (rounding); in fp32 they agree")
     return {"test_acc1": unmerged["acc1"], "test_acc1_merged": again["acc1"], "test_n": unmerged["n"]}
 
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from glora.run.config import given_keys, parse_args
+
+NOT_FLAGS = ("given", "argv")  # fields that say where the settings came from
 
 @dataclass(frozen=True)
 class Common:
@@ -44,19 +47,22 @@ class Common:
     progress: bool
     save_path: str
     seed: int
+    log_tensorboard: str | None
     print_config: bool
     given: frozenset = field(default=frozenset(), kw_only=True, compare=False)
+    argv: tuple = field(default=(), kw_only=True, compare=False)  # the command line it came from
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, given: Sequence[str] = ()):
+    def from_args(cls, args: argparse.Namespace, given: Sequence[str] = (), argv: Sequence[str] = ()):
         """The record of ``args`` (exactly this class's fields; the ``--config`` path is not one)."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "given"]
-        return cls(**{name: getattr(args, name) for name in names}, given=frozenset(given))
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in NOT_FLAGS]
+        return cls(**{name: getattr(args, name) for name in names}, given=frozenset(given), argv=tuple(argv))
 
     @classmethod
     def from_argv(cls, parser: argparse.ArgumentParser, argv: Sequence[str] | None):
         """Parse ``argv`` (CLI > ``--config`` YAML > defaults) into a record that knows what was given."""
-        return cls.from_args(parse_args(parser, argv), given_keys(parser, argv))
+        argv = list(sys.argv[1:] if argv is None else argv)
+        return cls.from_args(parse_args(parser, argv), given_keys(parser, argv), argv)
 
     def replace(self, **changes: Any):
         """A copy with ``changes``; the record itself never changes."""
@@ -65,7 +71,7 @@ class Common:
     def record(self) -> dict[str, Any]:
         """The settings as plain types, in field order (YAML files, checkpoints, results)."""
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.name not in ("given", "print_config")}
+                if f.name not in NOT_FLAGS + ("print_config",)}
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ import vtab
 from glora.errors import one_line_errors
 from glora.io.outputs import OutputFolder
 from glora.run.backbone import resolve_device
-from glora.run.checkpoint import CheckpointError, load_checkpoint, recorded_settings
+from glora.run.checkpoint import CheckpointError, load_checkpoint, recorded_settings, versions
 from glora.run.config import RUN_ONLY_KEYS, add_common_args, differing_settings, sigterm_as_interrupt, write_yaml
 from glora.run.inputs import PATH_KEYS, differing_inputs
+from glora.run.logs import log, run_log
 from glora.run.distributed import close, init_world
 from glora.run.engine import NonFiniteLossError
 from glora.run.preflight import SUPERNET_RANGES, check_batch_size, check_common, check_ranges
@@ -98,7 +99,7 @@ def completed(settings: TrainSettings) -> str | None:
 def output_folder(settings: TrainSettings) -> OutputFolder:
     """--save_path as this run owns it: the checkpoint marks a run; log and config go with it."""
     name = vtab.resolve_task(settings.dataset).name
-    return OutputFolder(settings.save_path, [f"{name}.pt"], [f"{name}_log.jsonl", f"{name}_args.yaml"],
+    return OutputFolder(settings.save_path, [f"{name}.pt"], [f"{name}_log.jsonl", f"{name}_args.yaml", f"{name}_run.log"],
                         lock_name=f".{name}.lock")
 
 
@@ -118,7 +119,7 @@ def main(settings: TrainSettings) -> None:
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
-    say = print if world.main else (lambda *a, **k: None)  # only rank 0 prints and writes
+    say = log if world.main else (lambda *a, **k: None)  # only rank 0 prints and writes
     folder = output_folder(s)  # rank 0 owns it (torchrun stops the other ranks if it refuses)
     if world.main:
         folder.check(s.resume, s.overwrite)  # writes nothing: a refused run leaves no trace
@@ -127,7 +128,8 @@ def main(settings: TrainSettings) -> None:
     run = Run(s, device, world)  # model, weights, targets, rank and input size checked
     check_batch_size(s.batch_size, count_listed(s.data_path, run.task, run.splits["train"]),
                      f"{run.task.name}/{run.splits['train']}", world.size)
-    with folder.acquire(s.overwrite, seen) if world.main else contextlib.nullcontext():
+    with folder.acquire(s.overwrite, seen) if world.main else contextlib.nullcontext(), \
+            run_log(Path(s.save_path) / f"{run.task.name}_run.log", "glora-supernet", s.argv, versions()) if world.main else contextlib.nullcontext():
         if s.resume:
             run.restore()  # refuses a checkpoint trained with other settings
             say(f"resumed {run.ckpt_path} at epoch {run.epoch}")
@@ -144,8 +146,9 @@ def main(settings: TrainSettings) -> None:
             kept = f"kept the last good checkpoint {run.ckpt_path}" if run.ckpt_path.exists() else "no checkpoint was written"
             raise SystemExit(f"error: {err}; stopped, {kept}") from None
         finally:
+            run.scalars.close()
             close(world)
-    say(f"done: {s.epochs} epochs in {time.time() - start:.1f}s -> {run.ckpt_path}")
+        say(f"done: {s.epochs} epochs in {time.time() - start:.1f}s -> {run.ckpt_path}")
 
 
 def check_args(settings: TrainSettings) -> None:

@@ -15,6 +15,7 @@ import vtab
 from glora.run.checkpoint import (MODEL_KEYS, CheckpointError, atomic_torch_save, check_compatible,
                                   load_checkpoint, load_subnet, state_digest, subnet_origin, versions)
 from glora.run.inputs import PATH_KEYS, run_inputs, subnet_digest
+from glora.run.logs import Scalars, log
 from glora.run.compile import compile_fixed, resolve_compile
 from glora.run.config import RUN_ONLY_KEYS, differing_settings
 from glora.run.settings import TrainSettings
@@ -83,6 +84,7 @@ class Run:
         self.eval_subnets = [[sample_choice(rng, s.rank) for _ in self.layer_names]
                              for _ in range(s.eval_subnets)]
         self.epoch = 0
+        self.scalars = Scalars(s.log_tensorboard if world.main else None)
         out = Path(s.save_path)
         self.ckpt_path = out / f"{self.task.name}.pt"
         self.log_path = out / f"{self.task.name}_log.jsonl"
@@ -273,8 +275,12 @@ def end_epoch(run: Run, val_loader, record: dict) -> dict:
     if run.epoch % s.eval_every == 0 or run.epoch == s.epochs:
         val = run.validate(val_loader)
         record.update({"split": run.splits["search"], **{f"val_{k}": v for k, v in val.items()}})
-        print(f"epoch {run.epoch}: loss {record['train_loss']:.4f}  {run.splits['search']} acc1 "
-              f"{val['acc1']:.2f}  -> {run.ckpt_path}", flush=True)
+        log(f"epoch {run.epoch}: loss {record['train_loss']:.4f}  {run.splits['search']} acc1 "
+            f"{val['acc1']:.2f}  -> {run.ckpt_path}")
+        run.scalars.add(run.epoch, **{f"val/{k}": v for k, v in val.items() if isinstance(v, (int, float))})
+    else:
+        log(f"epoch {run.epoch}: loss {record['train_loss']:.4f}  lr {record['lr']:.3g}", file_only=True)
+    run.scalars.add(run.epoch, **{"train/loss": record["train_loss"], "train/lr": record["lr"]})
     append_jsonl(run.log_path, record)
     snapshot = run.payload()  # built once: the checkpoint now, the Ctrl-C fallback next epoch
     if "split" in record or run.epoch % s.save_every == 0:

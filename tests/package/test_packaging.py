@@ -40,7 +40,7 @@ def test_extras_are_pinned_installed_by_ci_and_declared():
     extras, so that their tests would be skipped there."""
     declared = {re.split(r"[=<>\[]", dep)[0].lower()
                 for dep in PYPROJECT["project"]["optional-dependencies"]["all"]}
-    assert declared == {"transformers", "peft", "submitit"}
+    assert declared == {"transformers", "peft", "submitit", "tensorboard", "matplotlib"}
     assert declared <= requirement_names(ROOT / "requirements-extras.txt")
     assert "-r requirements-extras.txt" in (ROOT / "requirements-dev.txt").read_text().splitlines()
 
