@@ -1,6 +1,8 @@
 """python -m glora.sweep: fair baselines. Compute-matched `<baseline>_long` rows, the lr grid (one
 job per lr under `val`, the `retrain` row at the lr that won on val200), and the pick itself."""
+import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from glora.sweep.cli import get_args_parser, plan_from
 from glora.sweep.jobs import build_jobs, finished
 from glora.sweep.pick import chosen_lr
 from glora.sweep.plan import PlanError
+from tests.conftest import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = {"supernet_args": {"epochs": 30, "lr": 3e-3}, "train_args": {"epochs": 6, "eval-every": 6, "lr": 3e-3},
@@ -114,3 +117,37 @@ def test_pick_runs_the_command_with_the_picked_lr(tmp_path):
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["pick: lr 0.001 (val200 of 2 runs)", "['--epochs', '3', '--lr', '0.001']"]
+
+
+# ---------------------------------------------------------------- a real tiny sweep with a grid
+def test_tiny_sweep_with_grid_retrains_at_the_pick_and_reports_it(tmp_path):
+    """Fails if the retrain row does not run at the lr its val grid picked, if a second run redoes
+    any job (the pick must be resolved to decide that a picked job is finished), or if the report
+    does not keep exactly one lr per row."""
+    make_noah_task(tmp_path / "data", "eurosat", num_classes=10)
+    save_tiny_backbone(tmp_path / "bb.safetensors")
+    model = {"model": "vit_tiny_patch16_224", "model_kwargs": TINY_VIT_KWARGS, "input_size": 32,
+             "pretrained": str(tmp_path / "bb.safetensors"), "data_path": str(tmp_path / "data"), "batch_size": 16}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(model))
+    plan = {"runs": str(tmp_path / "runs"), "tasks": ["eurosat"], "methods": ["lora", "lora_long"],
+            "protocols": ["val", "retrain"], "seeds": [1], "lr_grid": [1e-3, 1e-1],
+            "args": {"config": str(tmp_path / "model.yaml"), "no-progress": True},
+            "supernet_args": {"epochs": 1}, "train_args": {"epochs": 1, "lr": 1e-2}}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    argv = [sys.executable, "-m", "glora.sweep", str(tmp_path / "plan.yaml"), "--jobs", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "sweep: 12 jobs: 12 done" in res.stdout
+    runs = tmp_path / "runs" / "eurosat" / "seed1"
+    for row in ("lora", "lora_long"):
+        scores = {lr: json.loads((runs / "val" / f"{row}_lr{lr:g}" / "results.json").read_text())["search_acc1"]
+                  for lr in (1e-3, 1e-1)}
+        picked = max(scores, key=lambda lr: (scores[lr], -lr))
+        args = yaml.safe_load((runs / "retrain" / row / "train" / "eurosat_args.yaml").read_text())
+        assert args["lr"] == picked and args["epochs"] == (2 if row == "lora_long" else 1)
+    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and "start" not in again.stdout
+    with open(tmp_path / "runs" / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and sum(r["lr_selected"] == "1" for r in rows) == 4
