@@ -91,6 +91,16 @@ def test_roles_split_the_mini_tasks():
     assert vtab.tasks.select_tasks(["mini_design"]) == ["mini_digits", "mini_count", "mini_loc", "mini_ori"]
 
 
+def test_cli_takes_mini_selections_and_refuses_other_tasks():
+    """Fails if `--tasks mini_confirm` does not expand, or a VTAB-1k task is built as a mini task."""
+    from vtab.mini.__main__ import mini_tasks
+
+    assert mini_tasks(["mini_design", "mini_land"]) == [*vtab.tasks.MINI_DESIGN, "mini_land"]
+    assert mini_tasks(["mini"]) == list(vtab.MINI_TASKS)
+    with pytest.raises(vtab.DataError, match="not mini tasks: cifar"):
+        mini_tasks(["cifar"])
+
+
 def test_occluded_digits_are_corrupted_digits_with_their_labels():
     """Fails if the occluded task loses the digits' labels, leaves an image uncorrupted, or is not
     deterministic."""
