@@ -18,6 +18,6 @@ DATA=${DATA:-data/vtab-1k}
 BACKBONE=${BACKBONE:-data/tiny_vit}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per job: the tiny model gains more from parallel jobs
 # shellcheck disable=SC2086
-"$PYTHON" -m vtab.mini build --data-path "$DATA" --backbone "$BACKBONE" ${BUILD_ARGS:-}
+"$PYTHON" -m vtab.mini build --data-path "$DATA" --backbone "$BACKBONE" --tasks mini_design ${BUILD_ARGS:-}
 exec "$PYTHON" -m glora.sweep demo --jobs "$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)" \
   --args "--data-path $(printf %q "$DATA") --pretrained $(printf %q "$BACKBONE/backbone.safetensors")" "$@"

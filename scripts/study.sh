@@ -10,6 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per job: --jobs sets the parallelism
-"$PYTHON" -m vtab.mini build
+"$PYTHON" -m vtab.mini build --tasks mini_design
 "$PYTHON" -m glora.sweep study --no-report "$@"
 "$PYTHON" -m glora.sweep study --methods glora --protocols paper "$@"

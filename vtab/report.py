@@ -3,7 +3,11 @@
     python -m vtab.report RUNS_DIR [--out DIR] [--methods glora lora ...]
 
 Rows are (method, budget, variant, protocol, selection split), seeds are averaged per task; task order and
-groups come from vtab/reference.csv. Writes report.md, report.csv and accuracy_vs_params.png.
+groups come from vtab/reference.csv. Where a row ran at several lrs, the lr picked on val200 is kept
+(`vtab.report_stats`). The paired comparisons (GLoRA variants − each baseline per (task, seed), mean
+and 95 % bootstrap CI over all tasks, design and confirmation tasks apart, and per group) are printed
+and written to report.md. Writes report.md, report.csv (long format: one line per results.json),
+summary.csv (one line per VTAB-1k row, with group means), table.md and accuracy_vs_params.png.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from typing import Mapping, Sequence
 
 from glora.errors import GLoRAError, one_line
 from glora.io.files import atomic_write, make_folder
+from vtab.report_stats import annotate, csv_rows, demo_note, select_lr, verdict_table
 from vtab.report_table import default_tasks, method_table
 
 REFERENCE_CSV = Path(__file__).with_name("reference.csv")
@@ -28,6 +33,7 @@ REQUIRED_KEYS = ("dataset", "method", "protocol", "selection_split", "test_acc1"
 AVERAGES = ("mean_of_groups", "mean_19")
 PLOT_FILE = "accuracy_vs_params.png"
 TABLE_FILE = "table.md"
+SUMMARY_FILE = "summary.csv"  # the VTAB-1k rows with their group means (report.csv: every run)
 DASH = "—"
 PROTOCOL_NOTES = (
     "`val`: supernet trained on train800, subnet selected on val200, test evaluated once.",
@@ -91,6 +97,7 @@ class Report:
     errors: list[tuple[str, str]]  # (path relative to runs_dir, one-line reason)
     runs_dir: Path
     n_files: int
+    records: list[dict] = field(default_factory=list)  # every result, annotated (report_stats)
 
     def vtab_rows(self) -> list[Row]:
         """Our rows with at least one of the 19 tasks, then the published rows."""
@@ -215,7 +222,9 @@ def build_rows(records: Sequence[dict]) -> list[Row]:
     """Group runs by (method, budget, variant, protocol, selection split) and task; average seeds."""
     runs: dict[tuple, dict[str, list[dict]]] = {}
     for rec in records:
-        key = (str(rec["method"]), _number(rec.get("param_limit_M")), variant(rec),
+        # A compute-matched baseline (`lora_long`) is a row of its own, not more seeds of `lora`.
+        method = str(rec["name"]) if str(rec.get("name", "")).endswith("_long") else str(rec["method"])
+        key = (method, _number(rec.get("param_limit_M")), variant(rec),
                str(rec["protocol"]), str(rec["selection_split"]))
         runs.setdefault(key, {}).setdefault(str(rec["dataset"]), []).append(rec)
     rows = []
@@ -242,18 +251,20 @@ def collect(runs_dir: Path, methods: Sequence[str] | None = None,
     records, errors = [], []
     for path in paths:
         try:
-            records.append(read_result(path))
+            records.append(annotate(read_result(path), path, runs_dir))
         except ValueError as e:
             errors.append((str(path.relative_to(runs_dir)), str(e)))
     if not records:
         raise ReportError(f"none of the {len(paths)} results.json files under {runs_dir} is "
                           f"usable (first: {errors[0][0]}: {errors[0][1]})")
     keep = (lambda m: m in methods) if methods else (lambda m: True)
-    ours = [r for r in build_rows(records) if keep(r.method)]
+    records = select_lr(records)
+    ours = [r for r in build_rows([r for r in records if r["lr_selected"]]) if keep(r.method)]
     if not ours:
         found = sorted({str(r["method"]) for r in records})
         raise ReportError(f"no results for methods {list(methods or [])}; found {found}")
-    return Report(ref, ours, [r for r in ref.rows if keep(r.method)], errors, runs_dir, len(paths))
+    kept = [r for r in records if keep(r["method"]) or keep(r["name"])]
+    return Report(ref, ours, [r for r in ref.rows if keep(r.method)], errors, runs_dir, len(paths), kept)
 
 
 def _fmt(x: float | None, spec: str = ".2f") -> str:
@@ -312,13 +323,23 @@ def render_markdown(rep: Report, plot_file: str | None = None,
         out += [f"- `{path}`: {why}" for path, why in rep.errors] + [""]
     out += ["## By method (mean ± std over seeds)", ""] + method_table(rep.ours, tasks or default_tasks(
         rep.ours, rep.ref.tasks))
+    verdict = verdict_table(rep.records)
+    if verdict:
+        out += ["## Paired comparisons (A − B per task and seed, 95 % bootstrap CI)", "", *verdict]
     out += [f"![accuracy vs params]({plot_file})" if plot_file
             else f"Plot skipped: {skipped}.", ""]
     return "\n".join(out)
 
 
 def write_csv(rep: Report, path: Path) -> None:
-    """One line per method row: label, protocol, selection_split, params_M, tasks, means."""
+    """Long format: one line per results.json (columns: `report_stats.CSV_COLUMNS`)."""
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(csv_rows(rep.records))
+    atomic_write(path, text.getvalue())
+
+
+def write_summary_csv(rep: Report, path: Path) -> None:
+    """One line per VTAB method row: label, protocol, selection_split, params_M, tasks, means."""
     ref = rep.ref
     num = lambda x: "" if x is None else repr(round(x, 4))  # noqa: E731
     text = io.StringIO(newline="")
@@ -409,9 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     markdown = render_markdown(rep, PLOT_FILE if plotted else None, skipped, tasks)
     atomic_write(out / "report.md", markdown)
     write_csv(rep, out / "report.csv")
-    atomic_write(out / TABLE_FILE, "\n".join(method_table(rep.ours, tasks)))
+    write_summary_csv(rep, out / SUMMARY_FILE)
+    atomic_write(out / TABLE_FILE, "\n".join(method_table(rep.ours, tasks) + demo_note(rep.records)))
     print(markdown)
-    print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / TABLE_FILE}, "
+    print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / SUMMARY_FILE}, {out / TABLE_FILE}, "
           + (f"and {out / PLOT_FILE}" if plotted else f"skipped the plot ({skipped})"))
     return 0
 

@@ -9,9 +9,10 @@ import statistics
 from typing import Sequence
 
 DASH = "—"
-# Rows from the cheapest method to the most expensive; GLoRA's variants and the protocols in the
-# order a reader compares them.
-METHOD_ORDER = ("linear_probe", "bitfit", "ssf", "lora", "glora", "full_finetune")
+# Rows from the cheapest method to the most expensive, each compute-matched `_long` variant after
+# its baseline; GLoRA's variants and the protocols in the order a reader compares them.
+METHOD_ORDER = ("linear_probe", "linear_probe_long", "bitfit", "bitfit_long", "ssf", "ssf_long", "lora",
+                "lora_long", "glora", "full_finetune", "full_finetune_long")
 VARIANT_ORDER = ("", "retrained from supernet", "retrained fresh")
 PROTOCOL_ORDER = ("val", "retrain", "paper")
 

@@ -1,4 +1,5 @@
-"""The VTAB-1k task registry: 19 tasks by their NOAH folder names, plus the mini-VTAB tasks.
+"""The VTAB-1k task registry: 19 tasks by their NOAH folder names, plus the mini-VTAB tasks
+(each marked as a design or a confirmation task).
 
 Class counts follow the VTAB-1k label spaces (Zhai et al., 2019) as NOAH's lists use them:
 Caltech101 has 102 classes (TFDS keeps the background class), KITTI is the 4-bin
@@ -21,12 +22,15 @@ from glora.errors import DataError  # noqa: F401  (vtab.DataError: a problem wit
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """One task: its folder name under the data path, label count, VTAB group, mini flag."""
+    """One task: its folder name under the data path, label count, VTAB group, mini flag, and for
+    a mini task its role: "design" (used to choose recipes) or "confirmation" (judges a recipe
+    frozen before its first run; never used to tune)."""
 
     name: str
     num_classes: int
     group: str
     mini: bool = False
+    role: str = ""
 
 
 # (name, num_classes, group) in the column order of the VTAB-1k tables.
@@ -51,12 +55,22 @@ _VTAB = (
     ("smallnorb_azi", 18, "structured"),
     ("smallnorb_ele", 9, "structured"),
 )
-# Small generated stand-ins that train on a CPU (built by `python -m vtab.mini build`).
+# Small generated stand-ins that train on a CPU (built by `python -m vtab.mini build`):
+# (name, num_classes, group, role). The design tasks chose the recipes; the confirmation tasks were
+# added with the recipe frozen in glora/configs/verdict.yaml and only judge it.
+ROLES = ("design", "confirmation")
 _MINI = (
-    ("mini_digits", 10, "natural"),
-    ("mini_count", 8, "structured"),
-    ("mini_loc", 8, "structured"),
-    ("mini_ori", 8, "structured"),
+    ("mini_digits", 10, "natural", "design"),
+    ("mini_count", 8, "structured", "design"),
+    ("mini_loc", 8, "structured", "design"),
+    ("mini_ori", 8, "structured", "design"),
+    ("mini_texture", 8, "natural", "confirmation"),      # like dtd
+    ("mini_shapes", 8, "natural", "confirmation"),       # object categories under colour and pose
+    ("mini_occluded", 10, "natural", "confirmation"),    # corrupted and occluded digits
+    ("mini_cells", 2, "specialized", "confirmation"),    # like patch_camelyon
+    ("mini_land", 6, "specialized", "confirmation"),     # like eurosat
+    ("mini_dist", 6, "structured", "confirmation"),      # like clevr_dist
+    ("mini_elev", 6, "structured", "confirmation"),      # like smallnorb_ele
 )
 
 GROUP_NAMES = ("natural", "specialized", "structured")
@@ -64,10 +78,12 @@ VTAB_TASKS: tuple[str, ...] = tuple(name for name, _, _ in _VTAB)
 GROUPS: dict[str, tuple[str, ...]] = {
     g: tuple(name for name, _, group in _VTAB if group == g) for g in GROUP_NAMES
 }
-MINI_TASKS: tuple[str, ...] = tuple(name for name, _, _ in _MINI)
+MINI_TASKS: tuple[str, ...] = tuple(name for name, *_ in _MINI)
+MINI_DESIGN: tuple[str, ...] = tuple(name for name, *_, role in _MINI if role == "design")
+MINI_CONFIRM: tuple[str, ...] = tuple(name for name, *_, role in _MINI if role == "confirmation")
 TASKS: dict[str, TaskInfo] = {
     **{name: TaskInfo(name, n, g) for name, n, g in _VTAB},
-    **{name: TaskInfo(name, n, g, mini=True) for name, n, g in _MINI},
+    **{name: TaskInfo(name, n, g, mini=True, role=role) for name, n, g, role in _MINI},
 }
 
 # Spellings used by TFDS / the VTAB code, VPT, SSF, FacT and others -> NOAH folder name.
@@ -121,12 +137,13 @@ def resolve_task(name: "str | TaskInfo") -> TaskInfo:
 
 
 # Names that select several tasks at once (the sweep's --tasks accepts them next to task names).
-SELECTIONS: dict[str, tuple[str, ...]] = {"all": VTAB_TASKS, **GROUPS, "mini": MINI_TASKS}
+SELECTIONS: dict[str, tuple[str, ...]] = {"all": VTAB_TASKS, **GROUPS, "mini": MINI_TASKS,
+                                          "mini_design": MINI_DESIGN, "mini_confirm": MINI_CONFIRM}
 
 
 def select_tasks(names: "list[str] | tuple[str, ...]") -> list[str]:
-    """Task and selection names (all, natural, specialized, structured, mini, aliases) -> folder
-    names, in the given order without repeats; DataError naming the first unknown one."""
+    """Task and selection names (all, natural, specialized, structured, mini, mini_design,
+    mini_confirm, aliases) -> folder names, in the given order without repeats; DataError naming the first unknown one."""
     chosen: list[str] = []
     for name in names:
         key = _normalise(name)

@@ -37,10 +37,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     what.add_argument("--runs", default=None, metavar="DIR", help="output root (default runs/vtab)")
     what.add_argument("--tasks", nargs="+", metavar="TASK", help="task names or all, natural, specialized, structured, mini")
     what.add_argument("--methods", nargs="+", metavar="METHOD", help="glora glora_retrain glora_fresh lora linear_probe bitfit "
-                                                   "ssf full_finetune")
+                                                   "ssf full_finetune, and <baseline>_long (GLoRA's total epochs)")
     what.add_argument("--budgets", nargs="+", metavar="M", help="GLoRA parameter budgets in M (--param-limits)")
     what.add_argument("--seeds", nargs="+", metavar="S", help="each seed S runs every job with --seed S")
     what.add_argument("--protocols", nargs="+", metavar="PROTOCOL", help="val retrain paper")
+    what.add_argument("--lr-grid", dest="lr_grid", nargs="+", metavar="LR",
+                      help="train every trained method at each lr; val200 picks one (the retrain reuses it)")
     for section in SECTIONS:
         what.add_argument(f"--{section.replace('_', '-')}", dest=section, action="append", metavar="'--flag V ...'",
                           help=f"flags added to {_section_help(section)} (override the plan's {section}; "

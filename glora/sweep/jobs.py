@@ -13,6 +13,11 @@ Output tree (``S``: a seed; without --seeds that level is left out and each CLI 
 Every job's log is its output folder's name + ``.log`` (``val/supernet.log``, ``lora/train.log``).
 `val` and `retrain` share the supernet and the search (both train on train800 and score on val200;
 nothing is retrained for the GLoRA row), so they run once, under `val`.
+
+With an ``lr_grid``, every trained row (baselines, their ``_long`` variants, GLoRA retrained; not the
+supernet) runs once per lr under `val` and `paper`, in ``<row>_lr<LR>/``; the report keeps the lr
+with the best search-split accuracy. Under `retrain` the row runs once, in ``<row>/``: its train job
+waits for the `val` grid of the same row and takes the lr that won on val200 there (``glora.sweep.pick``).
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import glora
-from glora.sweep.plan import GLORA_METHODS, TRAIN_METHODS, Plan, cli_module
+from glora.sweep.pick import chosen_lr, pick_command
+from glora.sweep.plan import GLORA_METHODS, TRAIN_METHODS, Plan, base_method, cli_module
 
 KINDS = ("supernet", "search", "train", "export")
 SCRIPTS = {"supernet": "supernet", "search": "evolution", "train": "supernet", "export": "evolution"}
@@ -53,6 +59,15 @@ class Job:
     deps: list[str] = field(default_factory=list)
     state: str = "waiting"
     note: str = ""            # why it is in its state (already finished, exit code, ...)
+    pick: dict[float, Path] = field(default_factory=dict)  # lr -> the val run that scores it
+
+    def resolved_argv(self) -> list[str] | None:
+        """The argv with the picked ``--lr`` (a job with ``pick``; None until every candidate has
+        finished), or the argv itself."""
+        if not self.pick:
+            return self.argv
+        lr = chosen_lr(self.pick)
+        return None if lr is None else [*self.argv, "--lr", f"{lr:g}"]
 
     @property
     def script(self) -> str:
@@ -63,8 +78,10 @@ class Job:
         return self.out.with_name(self.out.name + ".log")
 
     def command(self) -> list[str]:
-        """The command line: the same interpreter, the step's module."""
-        return [sys.executable, "-m", f"glora.run.{self.script}", *self.argv]
+        """The command line: the same interpreter, the step's module (a job with ``pick`` through
+        ``python -m glora.sweep.pick``, which adds the lr that won on val200)."""
+        step = [sys.executable, "-m", f"glora.run.{self.script}"]
+        return pick_command(self.pick, step, self.argv) if self.pick else [*step, *self.argv]
 
 
 def _flags(*sections: dict) -> list[str]:
@@ -80,7 +97,7 @@ class _Builder:
         self.plan, self.jobs, self.targets = plan, {}, []
 
     def add(self, kind: str, out: Path, task: str, seed, protocol: str, extra: list[str],
-            deps: list[Job], method: str | None = None) -> Job:
+            deps: list[Job], method: str | None = None, last: dict | None = None) -> Job:
         name = out.relative_to(self.plan.runs).as_posix()
         if name not in self.jobs:
             section = {"supernet": "supernet_args", "search": "search_args", "train": "train_args",
@@ -88,7 +105,7 @@ class _Builder:
             own = ["--dataset", task, "--protocol", protocol, "--save_path", str(out), "--resume", "auto"]
             own += ["--seed", str(seed)] if seed is not None else []
             flags = _flags(self.plan.flags["args"], self.plan.flags[section],
-                           self.plan.method_flags.get(method, {}) if kind == "train" else {})
+                           self.plan.train_flags(method) if kind == "train" else {}, last or {})
             self.jobs[name] = Job(name, kind, own + extra + flags, out, task, seed, protocol, method,
                                   [d.name for d in deps])
         return self.jobs[name]
@@ -101,17 +118,34 @@ class _Builder:
                           "glora")
         return supernet, search
 
-    def trained(self, base: Path, task: str, seed, protocol: str, method: str, budget: float | None) -> Job:
-        folder = base / protocol / (method if budget is None else f"{method}_{budget:g}M")
-        extra, deps = list(TRAIN_METHODS[method]), []
+    def trained_rows(self, base: Path, task: str, seed, protocol: str, method: str,
+                     budget: float | None) -> list[Job]:
+        """The export jobs of one trained row: one per lr of the grid (none: one), or under
+        `retrain` with a grid, one whose lr is picked from the `val` grid."""
+        grid = self.plan.grid(method)
+        if not grid:
+            return [self.trained(base, task, seed, protocol, method, budget)]
+        if protocol != "retrain":
+            return [self.trained(base, task, seed, protocol, method, budget, lr) for lr in grid]
+        candidates = {lr: self.trained(base, task, seed, "val", method, budget, lr) for lr in grid}
+        return [self.trained(base, task, seed, protocol, method, budget, picked_from=candidates)]
+
+    def trained(self, base: Path, task: str, seed, protocol: str, method: str, budget: float | None,
+                lr: float | None = None, picked_from: dict[float, Job] | None = None) -> Job:
+        name = method if budget is None else f"{method}_{budget:g}M"
+        folder = base / protocol / (name if lr is None else f"{name}_lr{lr:g}")
+        extra, deps = list(TRAIN_METHODS[base_method(method)]), list((picked_from or {}).values())
         if method in GLORA_METHODS:
             supernet, search = self.glora(base, task, seed, protocol, budget)
             extra = ["--subnet", str(search.out / "subnet.yaml")]
-            deps = [search]
+            deps.append(search)
             if method == "glora_retrain":
                 extra += ["--init-from", str(supernet.out)]
                 deps.append(supernet)
-        train = self.add("train", folder / "train", task, seed, protocol, extra, deps, method)
+        last = {} if lr is None else {"--lr": f"{lr:g}"}  # the grid's lr beats method_args' lr
+        train = self.add("train", folder / "train", task, seed, protocol, extra, deps, method, last)
+        if picked_from:
+            train.pick = {lr: job.out for lr, job in picked_from.items()}
         return self.add("export", folder, task, seed, protocol, ["--load_path", str(train.out)], [train], method)
 
 
@@ -125,19 +159,21 @@ def build_jobs(plan: Plan) -> tuple[dict[str, Job], list[str]]:
                 for method in plan.methods:
                     if method == "glora":
                         b.targets += [b.glora(base, task, seed, protocol, budget)[1].name for budget in plan.budgets]
-                    elif method in GLORA_METHODS:
-                        b.targets += [b.trained(base, task, seed, protocol, method, budget).name
-                                      for budget in plan.budgets]
                     else:
-                        b.targets.append(b.trained(base, task, seed, protocol, method, None).name)
+                        budgets = plan.budgets if method in GLORA_METHODS else [None]
+                        b.targets += [job.name for budget in budgets
+                                      for job in b.trained_rows(base, task, seed, protocol, method, budget)]
     order = sorted(b.jobs.values(), key=lambda j: KINDS.index(j.kind))  # stable: plan order per kind
     return {j.name: j for j in order}, list(dict.fromkeys(b.targets))
 
 
 def finished(job: Job) -> str | None:
     """The CLI's own answer (``completed(args)``, what ``--resume auto`` checks): a line if done."""
+    argv = job.resolved_argv()
+    if argv is None:  # its lr is not picked yet: it cannot have run
+        return None
     module = cli_module(job.script)
-    return module.completed(module.settings_from(job.argv))
+    return module.completed(module.settings_from(argv))
 
 
 def in_use_by(job: Job) -> str | None:

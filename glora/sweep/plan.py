@@ -34,13 +34,18 @@ TRAIN_METHODS: dict[str, list[str] | None] = {
     "ssf": ["--subnet", "ssf"],
     "full_finetune": ["--full-finetune"],
 }
-METHODS = tuple(TRAIN_METHODS)
+# `<baseline>_long`: the baseline trained for GLoRA's total epochs (supernet + retrain), so that it
+# gets the same compute as GLoRA (the rule is `long_epochs`).
+LONG = "_long"
 GLORA_METHODS = ("glora", "glora_retrain", "glora_fresh")
+BASELINES = tuple(m for m in TRAIN_METHODS if m not in GLORA_METHODS)
+TRAIN_METHODS.update({m + LONG: TRAIN_METHODS[m] for m in BASELINES})
+METHODS = tuple(TRAIN_METHODS)
 PROTOCOLS = ("val", "retrain", "paper")
 # Flag sections: which CLI parses them (args: both).
 SECTIONS = {"args": ("supernet", "evolution"), "supernet_args": ("supernet",),
             "search_args": ("evolution",), "train_args": ("supernet",), "export_args": ("evolution",)}
-LIST_KEYS = ("tasks", "methods", "budgets", "seeds", "protocols")
+LIST_KEYS = ("tasks", "methods", "budgets", "seeds", "protocols", "lr_grid")
 PLAN_KEYS = ("runs", *LIST_KEYS, *SECTIONS, "method_args")
 # Set by the sweep for every job: a plan must not set them.
 OWNED = {"dataset": "tasks", "save_path": "runs", "load_path": "the job graph", "protocol": "protocols",
@@ -63,9 +68,38 @@ class Plan:
     budgets: list[float] = field(default_factory=list)  # empty: evolution.py's --param-limits default
     seeds: list[int] = field(default_factory=list)  # empty: each CLI's own --seed default
     protocols: list[str] = field(default_factory=lambda: ["val"])
+    lr_grid: list[float] = field(default_factory=list)  # empty: every train job keeps its --lr
     flags: dict[str, Flags] = field(default_factory=lambda: {s: {} for s in SECTIONS})
     method_flags: dict[str, Flags] = field(default_factory=dict)
+    method_grids: dict[str, list[float]] = field(default_factory=dict)  # method_args' own lr_grid
 
+    def grid(self, method: str) -> list[float]:
+        """A method's lr grid: its own (method_args), its baseline's (a long variant), or lr_grid."""
+        return self.method_grids.get(method) or self.method_grids.get(base_method(method)) or self.lr_grid
+
+    def long_epochs(self) -> int:
+        """GLoRA's total epochs: the supernet's plus one retrain's (the compute of `<method>_long`)."""
+        def epochs(section: str) -> int:
+            flags = {**self.flags["args"], **self.flags[section]}
+            return int(flags.get("--epochs", _parser("supernet").get_default("epochs")))
+        return epochs("supernet_args") + epochs("train_args")
+
+    def train_flags(self, method: str) -> Flags:
+        """The flags of a method's train jobs beyond train_args: its method_args (a long variant:
+        its baseline's, then its own) and, for a long variant, the long schedule."""
+        base = base_method(method)
+        flags = {**self.method_flags.get(base, {}), **self.method_flags.get(method, {})}
+        if method != base:
+            epochs = str(self.long_epochs())
+            flags["--epochs"] = epochs
+            if "--eval-every" in {**self.flags["args"], **self.flags["train_args"]}:
+                flags["--eval-every"] = epochs
+        return flags
+
+
+def base_method(method: str) -> str:
+    """``lora_long`` -> ``lora``; any other method is its own base."""
+    return method[:-len(LONG)] if method.endswith(LONG) and method[:-len(LONG)] in BASELINES else method
 
 CLIS: dict[str, ModuleType] = {"supernet": supernet, "evolution": evolution}
 
@@ -185,7 +219,8 @@ def _numbers(values: list, kind: type, what: str, ok) -> list:
         except (TypeError, ValueError):
             number = None
         if number is None or not ok(number) or (kind is int and str(v).strip() != str(number)):
-            raise PlanError(f"{what} {v!r} is not a {'non-negative integer' if kind is int else 'positive number (M)'}")
+            kind_text = "non-negative integer" if kind is int else "positive number" + (" (M)" if what == "budget" else "")
+            raise PlanError(f"{what} {v!r} is not a {kind_text}")
         out.append(number)
     return list(dict.fromkeys(out))
 
@@ -222,6 +257,7 @@ def build_plan(raw: Mapping[str, Any], source: str = "plan") -> Plan:
     plan.methods = _choose(as_list(raw.get("methods", plan.methods)), METHODS, "method")
     plan.protocols = _choose(as_list(raw.get("protocols", plan.protocols)), PROTOCOLS, "protocol")
     plan.seeds = _numbers(as_list(raw.get("seeds")), int, "seed", lambda s: s >= 0)
+    plan.lr_grid = _numbers(as_list(raw.get("lr_grid")), float, "lr_grid value", lambda v: v > 0)
     plan.budgets = _numbers(as_list(raw.get("budgets")), float, "budget", lambda b: b > 0) or \
         [_parser("evolution").get_default("param_limits")]
     for what in ("tasks", "methods", "protocols"):
@@ -233,6 +269,10 @@ def build_plan(raw: Mapping[str, Any], source: str = "plan") -> Plan:
         raise PlanError(f"{source}: method_args: expected method: {{flag: value}}")
     for method, mapping in per_method.items():
         _choose([method], tuple(m for m in METHODS if m != "glora"), "method_args method")
+        mapping = dict(mapping) if isinstance(mapping, Mapping) else mapping
+        if isinstance(mapping, dict) and "lr_grid" in mapping:  # a grid of the method's own scale
+            where = f"{source}: method_args: {method}: lr_grid value"
+            plan.method_grids[method] = _numbers(as_list(mapping.pop("lr_grid")), float, where, lambda v: v > 0)
         plan.method_flags[method] = check_flags(mapping, ("supernet",), f"{source}: method_args: {method}")
     return plan
 

@@ -51,6 +51,7 @@ def test_demo_script_end_to_end_reduced(tmp_path):
     assert len([row for row in table[2:] if row.startswith("| ")]) == 5
     assert f"| {results['glora']['test_acc1']:.2f} |" in next(r for r in table if r.startswith("| glora |"))
     assert table[0] in run.stdout
+    assert "One seed per task: this table is no verdict" in run.stdout  # it points to the study's CIs
     # A second run finds everything done and only prints the table again.
     again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "start" not in again.stdout

@@ -1,4 +1,5 @@
 """Mini-VTAB: generators, NOAH layout, determinism, the pretrained backbone file, the probe."""
+import hashlib
 import json
 import re
 
@@ -43,18 +44,75 @@ def test_mini_tasks_match_the_registry():
         assert vtab.TASKS[name].num_classes == k and vtab.TASKS[name].mini
     assert mini.MINI_TASKS is vtab.MINI_TASKS
     assert tuple(mini_gen.NUM_CLASSES) == vtab.MINI_TASKS == tuple(mini.SEEDS)
-    assert set(mini_gen.RENDERERS) | {"mini_digits"} == set(vtab.MINI_TASKS)
+    assert set(mini_gen.RENDERERS) | set(mini.DIGIT_TASKS) == set(vtab.MINI_TASKS)
+
+
+def _balanced(n: int, k: int) -> list[int]:
+    return [n // k + (c < n % k) for c in range(k)]
 
 
 @pytest.mark.parametrize("task", sorted(mini_gen.RENDERERS))
 def test_generator_balanced_in_range_and_deterministic(task):
+    k = mini_gen.NUM_CLASSES[task]
     images, labels = mini_gen.generate(task, 32, seed=5)
     assert images.shape == (32, 32, 32, 3) and images.dtype == np.uint8
-    assert np.bincount(labels, minlength=8).tolist() == [4] * 8
+    assert np.bincount(labels, minlength=k).tolist() == _balanced(32, k)
     again, labels_again = mini_gen.generate(task, 32, seed=5)
     assert np.array_equal(images, again) and np.array_equal(labels, labels_again)
     assert not np.array_equal(images, mini_gen.generate(task, 32, seed=6)[0])
     assert images.std() > 10  # not blank: backgrounds and sprites vary
+
+
+# sha256 (first 16 hex) of the design tasks' images and labels at test sizes, as generated before the
+# confirmation tasks were added: the design tasks' data must never change.
+DESIGN_DIGESTS = {"mini_digits": "1c39f9dd36972e8f", "mini_count": "704878b91bc662cf",
+                  "mini_loc": "e1d2a866cb725e5c", "mini_ori": "58ac6ceef297d838"}
+
+
+@pytest.mark.parametrize("task", sorted(DESIGN_DIGESTS))
+def test_design_task_data_is_unchanged(task):
+    """Fails if adding or editing a task changes a design task's generated images or labels."""
+    splits = mini.task_splits(task, SMALL)
+    digest = hashlib.sha256()
+    for name in ("train800", "val200", "test"):
+        digest.update(splits[name][0].tobytes())
+        digest.update(splits[name][1].astype(np.int64).tobytes())
+    assert digest.hexdigest()[:16] == DESIGN_DIGESTS[task]
+
+
+def test_roles_split_the_mini_tasks():
+    """Fails if a mini task has no role, or the selections disagree with the registry."""
+    assert set(DESIGN_DIGESTS) == set(vtab.tasks.MINI_DESIGN)
+    assert vtab.tasks.MINI_DESIGN + vtab.tasks.MINI_CONFIRM == vtab.MINI_TASKS
+    assert len(vtab.tasks.MINI_CONFIRM) >= 6
+    assert {vtab.TASKS[t].group for t in vtab.MINI_TASKS} == set(vtab.GROUPS)
+    assert all(vtab.TASKS[t].role == "confirmation" for t in vtab.tasks.MINI_CONFIRM)
+    assert vtab.tasks.select_tasks(["mini_confirm"]) == list(vtab.tasks.MINI_CONFIRM)
+    assert vtab.tasks.select_tasks(["mini_design"]) == ["mini_digits", "mini_count", "mini_loc", "mini_ori"]
+
+
+def test_cli_takes_mini_selections_and_refuses_other_tasks():
+    """Fails if `--tasks mini_confirm` does not expand, or a VTAB-1k task is built as a mini task."""
+    from vtab.mini.__main__ import mini_tasks
+
+    assert mini_tasks(["mini_design", "mini_land"]) == [*vtab.tasks.MINI_DESIGN, "mini_land"]
+    assert mini_tasks(["mini"]) == list(vtab.MINI_TASKS)
+    with pytest.raises(vtab.DataError, match="not mini tasks: cifar"):
+        mini_tasks(["cifar"])
+
+
+def test_occluded_digits_are_corrupted_digits_with_their_labels():
+    """Fails if the occluded task loses the digits' labels, leaves an image uncorrupted, or is not
+    deterministic."""
+    n_train, n_val, n_test = SMALL
+    plain = mini_gen.digits(mini.SEEDS["mini_occluded"], n_train, n_val, n_test)
+    occluded = mini.task_splits("mini_occluded", SMALL)
+    again = mini.task_splits("mini_occluded", SMALL)
+    for name in ("train800", "val200", "test"):
+        assert occluded[name][0].shape == plain[name][0].shape
+        assert np.array_equal(occluded[name][1], plain[name][1])
+        assert all(not np.array_equal(a, b) for a, b in zip(occluded[name][0], plain[name][0]))
+        assert np.array_equal(occluded[name][0], again[name][0])
 
 
 def test_digits_are_sklearn_digits_split_without_overlap():
@@ -87,9 +145,9 @@ def test_noah_layout_and_list_files(built):
             assert 0 <= int(label) < mini_gen.NUM_CLASSES[task]
         with Image.open(folder / lists["test"][0].split()[0]) as image:
             assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (32, 32))
-        if task != "mini_digits":
+        if task not in mini.DIGIT_TASKS:
             labels = [int(line.split()[1]) for line in lists["train800"]]
-            assert np.bincount(labels).tolist() == [2] * 8
+            assert np.bincount(labels).tolist() == _balanced(SMALL[0], mini_gen.NUM_CLASSES[task])
 
 
 def test_build_is_byte_identical_and_skips_built_tasks(built, tmp_path):

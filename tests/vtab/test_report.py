@@ -22,9 +22,9 @@ GLORA_1M = "ours: glora@1.0M [val, selected on val200]"
 
 
 def run_report(runs: Path, out: Path, *extra: str) -> tuple[str, list[dict]]:
-    """Run the CLI without the (slow) plot; return report.md and the parsed report.csv rows."""
+    """Run the CLI without the (slow) plot; return report.md and the parsed summary.csv rows."""
     assert main([str(runs), "--out", str(out), "--no-plot", *extra]) == 0
-    with open(out / "report.csv", newline="") as f:
+    with open(out / "summary.csv", newline="") as f:
         return (out / "report.md").read_text(), list(csv.DictReader(f))
 
 

@@ -30,9 +30,16 @@ def test_groups_partition_the_nineteen():
 
 
 def test_mini_tasks_are_registered_and_flagged():
-    minis = {n: (i.num_classes, i.group) for n, i in vtab.TASKS.items() if i.mini}
-    assert minis == {"mini_digits": (10, "natural"), "mini_count": (8, "structured"),
-                     "mini_loc": (8, "structured"), "mini_ori": (8, "structured")}
+    minis = {n: (i.num_classes, i.group, i.role) for n, i in vtab.TASKS.items() if i.mini}
+    assert minis == {"mini_digits": (10, "natural", "design"), "mini_count": (8, "structured", "design"),
+                     "mini_loc": (8, "structured", "design"), "mini_ori": (8, "structured", "design"),
+                     "mini_texture": (8, "natural", "confirmation"),
+                     "mini_shapes": (8, "natural", "confirmation"),
+                     "mini_occluded": (10, "natural", "confirmation"),
+                     "mini_cells": (2, "specialized", "confirmation"),
+                     "mini_land": (6, "specialized", "confirmation"),
+                     "mini_dist": (6, "structured", "confirmation"),
+                     "mini_elev": (6, "structured", "confirmation")}
     assert set(vtab.MINI_TASKS) == set(minis)
     assert not set(vtab.MINI_TASKS) & set(vtab.VTAB_TASKS)
 

@@ -1,4 +1,5 @@
-"""Image generators of the four mini-VTAB tasks (uint8 arrays in memory; `layout` writes them).
+"""Image generators of the four mini-VTAB design tasks (uint8 arrays in memory; `layout` writes
+them); the confirmation tasks' generators are in `confirm` and run through the same `generate`.
 
 - mini_digits: scikit-learn's bundled 8x8 handwritten digits (1,797 real images), upscaled.
 - mini_count:  1..8 small objects (label = count - 1), like VTAB's clevr_count.
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..tasks import MINI_TASKS, TASKS, DataError
+from . import confirm
 from . import render as R
 
 SIZE = 32
@@ -106,7 +108,7 @@ def render_ori(rng: np.random.Generator, label: int) -> np.ndarray:
 
 
 RENDERERS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
-    "mini_count": render_count, "mini_loc": render_loc, "mini_ori": render_ori,
+    "mini_count": render_count, "mini_loc": render_loc, "mini_ori": render_ori, **confirm.RENDERERS,
 }
 
 

@@ -19,12 +19,15 @@ from glora.io.files import atomic_write
 from glora.io.progress import progress as progress_bar
 
 from ..tasks import MINI_TASKS, DataError
-from . import generate, pretrain
+from . import confirm, generate, pretrain
 
 LIST_FILES = ("train800", "val200", "train800val200", "test")
-SPLIT_SIZES = (800, 200, 1000)  # train800, val200, test (mini_digits: test = the 797 left)
+SPLIT_SIZES = (800, 200, 1000)  # train800, val200, test (the digit tasks: test = the 797 left)
 # One seed per task of vtab.MINI_TASKS (a test checks that the keys match the registry).
-SEEDS = {"mini_digits": 1001, "mini_count": 1002, "mini_loc": 1003, "mini_ori": 1004}
+SEEDS = {"mini_digits": 1001, "mini_count": 1002, "mini_loc": 1003, "mini_ori": 1004,
+         "mini_texture": 1005, "mini_shapes": 1006, "mini_occluded": 1007, "mini_cells": 1008,
+         "mini_land": 1009, "mini_dist": 1010, "mini_elev": 1011}
+DIGIT_TASKS = ("mini_digits", "mini_occluded")  # built from scikit-learn's 1,797 digits
 JPEG_QUALITY = 95
 DEFAULT_DATA_PATH = "data/vtab-1k"
 DEFAULT_BACKBONE_DIR = "data/tiny_vit"
@@ -39,9 +42,10 @@ def task_splits(task: str, sizes: Sequence[int] = SPLIT_SIZES, seed: int | None 
         raise DataError(f"unknown mini task {task!r}; expected one of {', '.join(MINI_TASKS)}")
     seed = SEEDS[task] if seed is None else seed
     n_train, n_val, n_test = sizes
-    if task == "mini_digits":
+    if task in DIGIT_TASKS:
         full = tuple(sizes) == SPLIT_SIZES  # the real build keeps every remaining digit as test
-        return generate.digits(seed, n_train, n_val, None if full else n_test)
+        splits = generate.digits(seed, n_train, n_val, None if full else n_test)
+        return splits if task == "mini_digits" else confirm.occluded_digits(splits, seed)
     with progress_bar(desc=task, total=n_train + n_val + n_test, enabled=progress,
                       unit="img") as bar:
         # One RNG stream per split ([seed, index]): changing one split size leaves the others.
