@@ -87,6 +87,13 @@ def _check_structure(ckpt: dict, path: Path) -> None:
         wrong.insert(0, f"mode {ckpt.get('mode')!r} (expected one of {', '.join(MODES)})")
     if ckpt.get("mode") == "subnet" and not isinstance(ckpt.get("subnet"), list):
         wrong.append(f"subnet ({type(ckpt.get('subnet')).__name__}, expected list)")
+    planned = ckpt["config"].get("epochs") if isinstance(ckpt.get("config"), dict) else None
+    epoch = ckpt.get("epoch")
+    if isinstance(epoch, int) and (epoch < 0 or (isinstance(planned, int) and epoch > planned)):
+        wrong.append(f"epoch {epoch} (expected 0 to its --epochs {planned})")
+    integral = [k for k, v in state.items() if not v.is_floating_point()]
+    if integral:
+        wrong.append(f"{integral[0]} holds {state[integral[0]].dtype} values (trained tensors are floating point)")
     if wrong:
         raise CheckpointError(f"{path} is not a complete checkpoint of this project: {'; '.join(wrong[:3])}")
 

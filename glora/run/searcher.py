@@ -237,7 +237,8 @@ def resume_state(path: Path, supernet: dict, s: SearchSettings, shapes) -> dict:
             f"holds epoch {supernet['epoch']}, sha256 {supernet['sha256'][:12]}…; search it afresh with "
             "--overwrite, or restore the supernet that was searched")
     if not isinstance(searched, dict):
-        print(f"note: {path} does not record which supernet it searched (an older state); trusting it")
+        raise CheckpointError(f"{path} does not record which supernet it searched, so it cannot be checked against "
+                              f"{supernet['checkpoint']}; search afresh in another --save_path")
     try:
         new_search(s, shapes, lambda subnet: 0.0).load_state_dict(state)
     except CheckpointError as err:
@@ -280,7 +281,13 @@ def run_search(s: SearchSettings, model, search_loader, device, out: Path, state
     result = search.run(on_generation)
     bar.close()
     scalars.close()
-    return result.subnet, {"search_acc1": result.fitness, "num_evaluated": result.num_evaluated,
+    fitness = result.fitness
+    if state is not None:  # a resumed state's numbers are its file's: the winner is scored again here
+        fitness = evaluate_fn(result.subnet)
+        if fitness != result.fitness:
+            log(f"note: {state_path} records {result.fitness:.2f} for the chosen subnet, which scores {fitness:.2f} "
+                "here; the score computed here is reported")
+    return result.subnet, {"search_acc1": fitness, "num_evaluated": result.num_evaluated,
                            "generations": result.generations, "stats": result.stats,
                            "top_k": [{k: r[k] for k in ("params", "fitness", "generation")} for r in result.top_k]}
 

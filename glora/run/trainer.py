@@ -84,6 +84,7 @@ class Run:
         self.eval_subnets = [[sample_choice(rng, s.rank) for _ in self.layer_names]
                              for _ in range(s.eval_subnets)]
         self.epoch = 0
+        self.world_sizes = {0: world.size}  # epoch a stretch of training started -> its ranks
         self.scalars = Scalars(s.log_tensorboard if world.main else None)
         out = Path(s.save_path)
         self.ckpt_path = out / f"{self.task.name}.pt"
@@ -104,7 +105,15 @@ class Run:
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "scheduler": dict(self.scheduler.state_dict()),
                 "sampler": self.sampler.state_dict() if self.sampler else None,
-                "torch_rng": torch.get_rng_state(), "world_size": self.world.size, "versions": versions()}
+                "torch_rng": torch.get_rng_state(), "world_size": self.world.size,
+                "world_sizes": self.world_size_history(), "versions": versions()}
+
+    def world_size_history(self) -> dict[int, int]:
+        """Epoch at which each stretch of training started -> its number of ranks."""
+        history = dict(self.world_sizes)
+        if list(history.values())[-1] != self.world.size:
+            history[self.epoch] = self.world.size
+        return history
 
     def restore(self) -> None:
         ckpt = load_checkpoint(self.ckpt_path)
@@ -121,14 +130,24 @@ class Run:
             raise CheckpointError(f"{self.ckpt_path} was trained with other settings ({'; '.join(diffs)}); "
                                   "resume with the recorded values, or start afresh with --overwrite")
         glora.load_trained_state(self.model, ckpt["state_dict"], full=self.mode == "full")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        for part, load in (("optimizer", self.optimizer.load_state_dict), ("scheduler", self.scheduler.load_state_dict),
+                           ("sampler", self.sampler.load_state_dict if self.sampler else None),
+                           ("torch_rng", torch.set_rng_state)):
+            if load is None:
+                continue
+            try:
+                load(ckpt[part])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+                raise CheckpointError(f"{self.ckpt_path}: its {part} state is malformed ({type(err).__name__}); "
+                                      "it cannot be resumed exactly: start afresh in another --save_path") from None
         if s.zero_fill_grads:
             zero_fill_stepped_grads(self.optimizer)  # the gradients an uninterrupted run would hold
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.sampler is not None:
-            self.sampler.load_state_dict(ckpt["sampler"])
-        torch.set_rng_state(ckpt["torch_rng"])
         self.epoch = ckpt["epoch"]
+        self.world_sizes = dict(ckpt.get("world_sizes") or {0: ckpt.get("world_size", 1)})
+        if ckpt.get("world_size", 1) != self.world.size:
+            print(f"note: {self.ckpt_path} was trained on {ckpt.get('world_size', 1)} rank(s) and resumes on "
+                  f"{self.world.size}: the result differs from a run on either alone (drop-path draws and "
+                  "reduction order follow the ranks); the checkpoint records both")
 
     def validate(self, loader) -> dict:
         amp = autocast_dtype(self.settings.precision, self.device)

@@ -6,8 +6,10 @@ import json
 import re
 
 import pytest
+import torch
 import yaml
 
+from glora.errors import CheckpointError
 from glora.run import evolution
 from glora.run import supernet
 from tests.helpers import TINY_VIT_KWARGS, write_tiny_setup
@@ -122,3 +124,34 @@ def test_lower_rank_subnet_file_is_accepted(trained):
     assert list(doc["layers"].values()) == [choice] * 8
     assert doc["params"] == 2 * (96 + 1 + 2 * (32 + 96)) + 2 * (32 + 1 + 2 * (32 + 32)) \
         + 2 * (128 + 1 + 2 * (32 + 128)) + 2 * (32 + 1 + 2 * (128 + 32))
+
+
+# ---------------------------------------------------------------- tampered checkpoints
+@pytest.mark.parametrize("tamper, message", [
+    (lambda c: {**c, "epoch": 99}, "epoch 99 (expected 0 to its --epochs"),
+    (lambda c: {**c, "epoch": -5}, "epoch -5 (expected 0 to its --epochs"),
+    (lambda c: {**c, "state_dict": {k: v.to(torch.int64) for k, v in c["state_dict"].items()}}, "holds torch.int64 values"),
+])
+def test_a_tampered_checkpoint_is_refused(tmp_path, tamper, message):
+    """Fails if a checkpoint claiming an impossible epoch (99 of 3, or -5, which trained 8 epochs
+    to a loss of 140) or integer 'trained' tensors is accepted."""
+    from glora.run.checkpoint import load_checkpoint
+
+    config = write_tiny_setup(tmp_path, dataset="eurosat")
+    supernet.cli(["--config", str(config), "--save_path", str(tmp_path / "s"), "--epochs", "1", "--eval-every", "1"])
+    ckpt = torch.load(tmp_path / "s" / "eurosat.pt", weights_only=True)
+    torch.save(tamper(ckpt), tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(")):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_a_malformed_training_state_is_one_line(tmp_path):
+    """Fails if a malformed optimizer, sampler or RNG state gives a traceback on --resume."""
+    config = write_tiny_setup(tmp_path, dataset="eurosat")
+    argv = ["--config", str(config), "--save_path", str(tmp_path / "s"), "--epochs", "2", "--eval-every", "2"]
+    supernet.cli(argv)
+    ckpt = torch.load(tmp_path / "s" / "eurosat.pt", weights_only=True)
+    for part, bad in (("sampler", {"version": 3}), ("torch_rng", torch.zeros(3)), ("optimizer", {"state": 1})):
+        torch.save({**ckpt, "epoch": 1, part: bad}, tmp_path / "s" / "eurosat.pt")
+        with pytest.raises(SystemExit, match=f"its {part} state is malformed"):
+            supernet.cli([*argv, "--resume"])

@@ -92,4 +92,6 @@ def test_two_gloo_ranks_equal_one_process_and_resume_across_world_sizes(setup, m
             supernet.cli(["--config", str(setup / "c.yaml"), "--save_path", str(setup / "resumed")])
     out, resumed = torchrun(setup, "resumed", "--resume")
     assert "resumed" in out and resumed["epoch"] == 4 and resumed["world_size"] == 2
+    # Not silent: the change is said, and the checkpoint keeps every stretch's number of ranks.
+    assert "was trained on 1 rank(s) and resumes on 2" in out and resumed["world_sizes"] == {0: 1, 2: 2}
     assert_close_states(one, resumed)

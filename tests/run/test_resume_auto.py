@@ -76,3 +76,25 @@ def test_search_auto_skips_resumes_and_refuses(root, capsys):
     assert again["test_acc1"] == done["test_acc1"] and again["search_acc1"] == done["search_acc1"]
     with pytest.raises(SystemExit, match=r"holds results of other settings \(param_limits: 0.006 -> 0.005\)"):
         search(root, "search", "--param-limits", "0.005")
+
+
+def test_tampered_search_state_cannot_set_the_reported_score(root, capsys):
+    """Fails if an edited fitness in a finished search state becomes search_acc1, or if a state that
+    does not record its supernet is trusted."""
+    if not (root / "s" / "eurosat.pt").is_file():
+        train(root, "s")
+    honest = search(root, "honest")
+    state_path = root / "honest" / "search_state.json"
+    state = json.loads(state_path.read_text())
+    for record in state["evaluated"]:
+        record["fitness"] = 99.0
+    state_path.write_text(json.dumps(state))
+    (root / "honest" / "results.json").unlink()
+    again = search(root, "honest")
+    assert again["search_acc1"] == honest["search_acc1"] != 99.0
+    assert "records 99.00 for the chosen subnet" in capsys.readouterr().out
+    del state["supernet"]
+    state_path.write_text(json.dumps(state))
+    (root / "honest" / "results.json").unlink()
+    with pytest.raises(SystemExit, match="does not record which supernet it searched"):
+        search(root, "honest")
