@@ -29,6 +29,7 @@ from glora.run.engine import evaluate
 from glora.errors import one_line_errors
 from glora.run.backbone import autocast_dtype, resolve_device
 from glora.run.preflight import check_search
+from glora.io.files import read_regular_text
 from glora.io.outputs import OutputFolder
 from glora.run.searcher import (ADOPTED, budget_limit, eval_loader, export_and_test, make_results, prepare,
                              resume_state, run_search, write_json)
@@ -73,7 +74,7 @@ def completed(args: argparse.Namespace, given: set[str] | None = None) -> str | 
     given = explicit_keys(args) if given is None else given
     path = Path(args.save_path) / "results.json"
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_regular_text(path))  # a FIFO or a link there: one line, never a hang
     except (OSError, ValueError):  # absent or half-written: not finished
         return None
     current = {key: value for key, value in config_dict(args).items()

@@ -21,6 +21,7 @@ import yaml
 from glora.errors import ConfigError
 from glora.run import evolution, supernet
 from glora.run.config import find_config, shipped_names
+from glora.run.yaml_files import load_yaml
 from vtab.tasks import DataError, select_tasks
 
 # method -> the flags that make its train job (None: the GLoRA search row, no train job).
@@ -197,7 +198,7 @@ def read_plan_file(path: str | Path) -> dict[str, Any]:
         raise PlanError(f"plan file not found: {path} (nor a shipped plan: {', '.join(shipped_names())})")
     path = found
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path) or {}
     except yaml.YAMLError as err:
         raise PlanError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
