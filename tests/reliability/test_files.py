@@ -80,12 +80,12 @@ def test_atomic_folder_keeps_the_previous_folder_on_failure(tmp_path):
         tmp.mkdir()
         (tmp / "model.safetensors").write_bytes(b"old")
     with pytest.raises(OutputError, match=f"cannot write {folder}: "):
-        with atomic_folder(folder) as tmp:
+        with atomic_folder(folder, replaces="model.safetensors") as tmp:
             tmp.mkdir()
             (tmp / "model.safetensors").write_bytes(b"ne")
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
     assert sorted(os.listdir(tmp_path)) == ["merged"] and (folder / "model.safetensors").read_bytes() == b"old"
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, replaces="model.safetensors") as tmp:
         tmp.mkdir()
         (tmp / "config.json").write_text("{}")
     assert sorted(os.listdir(folder)) == ["config.json"] and sorted(os.listdir(tmp_path)) == ["merged"]
