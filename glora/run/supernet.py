@@ -27,6 +27,7 @@ from glora.run.distributed import close, init_world
 from glora.run.engine import NonFiniteLossError
 from glora.errors import one_line_errors
 from glora.run.backbone import resolve_device
+from glora.io.files import check_regular
 from glora.io.outputs import OutputFolder
 from glora.run.trainer import Run, describe, fit, load_data, trim_log
 from vtab.dataset import count_listed
@@ -71,7 +72,7 @@ def completed(args: argparse.Namespace) -> str | None:
     A finished checkpoint trained with other settings is an error, never silently reused.
     """
     path = checkpoint_path(args)
-    if not path.is_file():
+    if not check_regular(path):  # absent; a link or a FIFO there is refused in one line
         return None
     ckpt = load_checkpoint(path, mmap=True)
     if ckpt.get("epoch") != args.epochs:
