@@ -161,12 +161,12 @@ def readme(folder: Path, manifest: Mapping[str, Any]) -> str:
              f"{len(manifest['choices'])} GLoRA layers in {len(names)} adapter(s): "
              f"{size_statement(manifest['stored_numbers'], manifest['single_adapter'])}.", ""]
     if base.get("timm_model"):
-        weights = (f"the backbone weights of `{base['pretrained']}` (sha256 `{base.get('pretrained_sha256')}`)"
-                   if base.get("pretrained") else "a backbone built as recorded in `glora_adapters.json`")
+        weights = (f"with the backbone weights of `{base['pretrained']}` (sha256 `{base.get('pretrained_sha256')}`) "
+                   "loaded into it" if base.get("pretrained") else "(its backbone was not loaded from a file)")
         lines += ["## Base model", "",
                   f"`timm.create_model({base['timm_model']!r}, num_classes={base.get('num_classes')}, "
-                  f"**{json.dumps(base.get('model_args', {}))})` with {weights} loaded into it; the "
-                  "classifier head comes with the adapter.", ""]
+                  f"**{json.dumps(base.get('model_args', {}))})` {weights}; the classifier head comes "
+                  "with the adapter.", ""]
     lines += ["## Load with plain PEFT", "", "```python"]
     if manifest["single_adapter"]:
         lines += ["from peft import PeftModel", "",
