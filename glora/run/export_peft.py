@@ -64,7 +64,8 @@ def main(args: argparse.Namespace) -> list[AdapterPlan]:
         print(f"  {plan.name}: config_A_B={plan.config_A_B}, config_C={plan.config_C}, "
               f"config_D_E={plan.config_D_E}, r={plan.r}, {len(plan.layers)} layer(s)")
     manifest = json.loads((Path(args.out) / MANIFEST).read_text())
-    print(f"  {size_statement(manifest['stored_numbers'], args.single_adapter)}; loading: {Path(args.out) / 'README.md'}")
+    print(f"  {size_statement(manifest['stored_numbers'], args.single_adapter)}; "
+          f"loading: {Path(args.out) / 'README.md'}")
     return plans
 
 

@@ -72,7 +72,8 @@ def check_ranges(args: argparse.Namespace, parser: argparse.ArgumentParser,
             continue
         value = getattr(args, dest)
         if not _valid(kind, low, value, *high):
-            raise ConfigError(f"{flags.get(dest, dest)} {value!r}: must be {kind.format(low=low, high=(high or [None])[0])}")
+            valid = kind.format(low=low, high=high[0] if high else None)
+            raise ConfigError(f"{flags.get(dest, dest)} {value!r}: must be {valid}")
 
 
 def check_model_kwargs(value: object) -> None:
