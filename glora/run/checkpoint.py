@@ -12,7 +12,7 @@ import torch
 from glora.errors import CheckpointError, ConfigError
 from glora.io.files import atomic_write
 from glora.merge import convert_original_state_dict
-from glora.run.yaml_files import load_yaml
+from glora.run.yaml_files import AliasBombError, load_yaml
 from glora.space import PRESETS, preset_subnet, validate_choice
 
 FORMAT_VERSION = 1
@@ -156,9 +156,9 @@ def load_subnet(spec: str, layer_names: list[str], rank: int) -> list[dict]:
         data = load_yaml(path)
         layers = data["layers"]
         file_rank = int(data.get("rank", rank))
-    except ConfigError as err:  # unreadable, not YAML, or aliases: say which
+    except AliasBombError as err:
         raise CheckpointError(str(err)) from None
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError):  # not YAML, or not a subnet
         raise CheckpointError(f"{path} is not a subnet file (expected 'rank' and 'layers': name -> choice)") from None
     if file_rank > rank:
         raise CheckpointError(f"{path} was searched at rank {file_rank}, but this run has rank {rank}")

@@ -267,7 +267,7 @@ def test_malicious_checkpoint_and_yaml_do_not_execute(root, no_data, tmp_path):
     assert f"{evil} is not valid YAML" in refused(supernet.cli, "--config", str(evil))
     subnet = tmp_path / "subnet.yaml"
     subnet.write_text(f"rank: 4\nlayers: !!python/object/apply:os.system ['touch {marker}']\n")
-    assert f"{subnet} is not valid YAML" in train(root, "never", "--subnet", str(subnet))
+    assert f"{subnet} is not a subnet file" in train(root, "never", "--subnet", str(subnet))
     assert not marker.exists()
 
 

@@ -22,6 +22,10 @@ BOMB = ('a: &a [' + ",".join(['"lol"'] * 10) + "]\n"
         + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)))
 
 
+EXPANDS = ("its aliases (*name) expand to more than 1,000,000 values (an alias bomb, or a document that "
+           "contains itself); write the values out")
+
+
 @contextlib.contextmanager
 def no_hang(seconds: int = 120):
     """Turn a hang (a blocking open of a FIFO) into a test failure instead of a stuck suite."""
@@ -131,8 +135,7 @@ def test_yaml_alias_bomb_config_is_one_line(tmp_path):
     (tmp_path / "bomb.yaml").write_text(BOMB)
     with pytest.raises(SystemExit) as err:
         supernet.cli(["--config", str(tmp_path / "bomb.yaml"), "--save_path", str(tmp_path / "sup")])
-    assert one_line(err) == (f"error: {tmp_path / 'bomb.yaml'}: line 2: YAML aliases (*a) are not accepted; "
-                             "write the value out in full")
+    assert one_line(err) == f"error: {tmp_path / 'bomb.yaml'}: {EXPANDS}"
     assert not (tmp_path / "sup").exists()
 
 
@@ -142,23 +145,33 @@ def test_yaml_alias_bomb_plan_is_one_line(tmp_path, capsys):
     (tmp_path / "plan.yaml").write_text(BOMB)
     with pytest.raises(SystemExit) as err:
         sweep_cli.cli([str(tmp_path / "plan.yaml"), "--dry-run"])
-    assert one_line(err) == (f"error: {tmp_path / 'plan.yaml'}: line 2: YAML aliases (*a) are not accepted; "
-                             "write the value out in full")
+    assert one_line(err) == f"error: {tmp_path / 'plan.yaml'}: {EXPANDS}"
 
 
-def test_yaml_alias_in_a_subnet_file_is_one_line(tmp_path):
-    """Fails if a subnet file's aliases are expanded instead of refused naming the file."""
-    (tmp_path / "subnet.yaml").write_text("rank: 4\nlayers:\n  blocks.0.attn.qkv: &c {A: vector, B: none, C: none, "
-                                          "D: none, E: none}\n  blocks.0.attn.proj: *c\n")
-    with pytest.raises(CheckpointError, match=r"subnet.yaml: line 4: YAML aliases \(\*c\) are not accepted"):
-        load_subnet(str(tmp_path / "subnet.yaml"), ["blocks.0.attn.qkv", "blocks.0.attn.proj"], 4)
+def test_subnet_file_bombs_are_refused_and_shared_choices_load(tmp_path):
+    """Fails if a subnet file's alias bomb or self-containing alias is expanded instead of refused
+    naming the file, or if the aliases yaml.safe_dump writes for a shared choice are refused."""
+    names = ["blocks.0.attn.qkv", "blocks.0.attn.proj"]
+    choice = {"A": "vector", "B": "none", "C": "none", "D": "none", "E": "none"}
+    (tmp_path / "shared.yaml").write_text(yaml.safe_dump({"rank": 4, "layers": {name: choice for name in names}}))
+    assert "*id001" in (tmp_path / "shared.yaml").read_text()
+    assert load_subnet(str(tmp_path / "shared.yaml"), names, 4) == [choice, choice]
+    (tmp_path / "bomb.yaml").write_text(BOMB + "rank: 4\nlayers: *i\n")
+    (tmp_path / "loop.yaml").write_text("rank: 4\nlayers: &l {blocks.0.attn.qkv: *l}\n")
+    for name in ("bomb.yaml", "loop.yaml"):
+        with pytest.raises(CheckpointError) as err:
+            load_subnet(str(tmp_path / name), names, 4)
+        assert str(err.value) == f"{tmp_path / name}: {EXPANDS}"
 
 
 def test_load_yaml_reads_plain_yaml_and_refuses_fifos(tmp_path):
-    """Fails if the safe loader changes what a plain file means, or blocks on a FIFO --config."""
+    """Fails if the safe loader changes what a plain file means (aliases included), or blocks on a
+    FIFO --config."""
     data = {"model": "vit_tiny_patch16_224", "lr": 0.01, "model_kwargs": {"depth": 2}, "flags": [1, 2]}
-    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(data))
-    assert load_yaml(tmp_path / "ok.yaml") == data
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(data) + "shared: &s {a: [1, 2]}\nagain: *s\n")
+    assert load_yaml(tmp_path / "ok.yaml") == {**data, "shared": {"a": [1, 2]}, "again": {"a": [1, 2]}}
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_yaml(tmp_path / "empty.yaml") is None
     os.mkfifo(tmp_path / "fifo.yaml")
     with no_hang(), pytest.raises(ConfigError, match=r"fifo.yaml is not a regular file"):
         load_yaml(tmp_path / "fifo.yaml")
