@@ -67,7 +67,7 @@ with torch.no_grad():
 
 # PEFT keeps bias-free layers bias-free, so its adapters need C and E 'none' there (D is dropped).
 glora.set_subnet(model, [{**choice, "C": "none", "E": "none"} for choice in best.subnet])
-plans = export_peft(model, "runs/llm_peft")
+plans = export_peft(model, "runs/llm_peft", overwrite=True)  # replaces only a previous export
 with torch.no_grad():
     ours = model(input_ids=val).logits
     theirs = load_peft(base, "runs/llm_peft")(input_ids=val).logits

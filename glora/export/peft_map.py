@@ -20,6 +20,10 @@ A narrower option is written exactly in the wider form: a constant c as a vector
 v (out, 1) as the rank-1 product ``v 1ᵀ`` (column 0 of Xd is v, row 0 of Xu is ones), ``none`` as
 zeros. Every product and sum involved is exact, so the adapters compute our function; PEFT stores
 more numbers than the choice counts when a narrower option is widened.
+
+``PeftModel.from_pretrained(base, folder)`` loads one adapter only. :func:`plan_single_adapter`
+gives the one adapter that holds the whole subnet: every layer in the widest configuration any
+layer needs, at the cost of more stored numbers (:func:`stored_numbers`).
 """
 from __future__ import annotations
 
@@ -87,6 +91,28 @@ def plan_adapters(layers: Sequence[tuple[str, nn.Module]],
     ordered = sorted(groups.items(), key=lambda item: -len(item[1]))  # stable: ties keep layer order
     return [AdapterPlan("default" if i == 0 else f"subnet{i}", *key, layers=names)
             for i, (key, names) in enumerate(ordered)]
+
+
+def plan_single_adapter(layers: Sequence[tuple[str, nn.Module]],
+                        subnet: Sequence[Mapping[str, str]]) -> list[AdapterPlan]:
+    """One adapter ``default`` for every GLoRA layer: each support widened to the widest type (and
+    the largest rank) any layer needs, every narrower choice written exactly in that form (``none``
+    as zeros), so the one adapter computes the subnet. It stores more numbers than the
+    per-configuration adapters of :func:`plan_adapters`; :func:`stored_numbers` counts both."""
+    plans = plan_adapters(layers, subnet)  # per-layer checks (bias-free layers) and configurations
+    ab = max((p.config_A_B for p in plans), key=AB_ORDER.index)
+    c = max((p.config_C for p in plans), key=AB_ORDER.index)
+    de = max((p.config_D_E for p in plans), key=DE_ORDER.index)
+    return [AdapterPlan("default", ab, c, de, max(p.r for p in plans), layers=[name for name, _ in layers])]
+
+
+def stored_numbers(layers: Sequence[tuple[str, nn.Module]], subnet: Sequence[Mapping[str, str]],
+                   plans: Sequence[AdapterPlan]) -> int:
+    """How many numbers the adapters of ``plans`` store for the GLoRA layers (the head aside)."""
+    modules, choices = dict(layers), {name: choice for (name, _), choice in zip(layers, subnet)}
+    return sum(tensor.numel() for plan in plans for name in plan.layers
+               for tensors in encode_layer(modules[name], choices[name], plan).values()
+               for tensor in tensors.values())
 
 
 def names_regex(names: Sequence[str]) -> str:

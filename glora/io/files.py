@@ -6,6 +6,11 @@ kind (a full disk, a read-only folder, Ctrl-C) removes the temporary file or fol
 the previous ``path`` as it was; one of the operating system (``OSError``, or a library's error
 that carries one) becomes an :class:`~glora.errors.OutputError` naming the path. A process killed
 outright cannot clean up: its ``.<name>.tmp`` is truncated and reused by the next write.
+
+Every file written here gets one mode, that of a plain ``open``: 0666 less the umask (0644 under
+the usual umask 022), folders 0777 less the umask. ``atomic_folder`` replaces only a folder of
+its own kind (see there). ``check_regular`` and ``read_regular_text`` refuse a symbolic link or a
+non-regular file (a FIFO would block a reader forever) in an output folder, in one line.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Callable, Iterator, Union
@@ -104,6 +110,7 @@ def atomic_write(path: "str | os.PathLike", data: Data, *, unique: bool = False)
     try:
         if unique:
             fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.fchmod(fd, FILE_MODE & ~umask())  # mkstemp makes 0600; a plain open would not
             tmp, handle = Path(name), os.fdopen(fd, "wb")
         else:
             tmp = path.with_name(f".{path.name}.tmp")
@@ -133,32 +140,125 @@ def atomic_write(path: "str | os.PathLike", data: Data, *, unique: bool = False)
 
 
 @contextlib.contextmanager
-def atomic_folder(folder: "str | os.PathLike") -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``folder``; on success it replaces ``folder``.
+def atomic_folder(folder: "str | os.PathLike", replaces: "str | None" = None) -> Iterator[Path]:
+    """Yield a path beside ``folder`` to build a folder at; on success it becomes ``folder``.
 
-    On any failure in the block (or in the swap) the temporary folder is removed and ``folder``
-    keeps its previous content.
+    ``folder`` may be absent or an empty folder. An existing folder with files is replaced only
+    if it holds the file ``replaces`` (the mark of a previous folder of the same kind, such as
+    ``config.json`` of a timm export); anything else there (a file, a symbolic link, a folder of
+    other files, the current folder or one holding it) is refused with an ``OutputError`` before
+    anything is written. On any failure in the block (or in the swap) the temporary folder is
+    removed and ``folder`` keeps its previous content. The temporary and the swapped-out folders
+    have unique names, so nothing of the same name beside ``folder`` is ever touched.
     """
-    folder = Path(folder)
+    shown, folder = Path(folder), Path(os.path.abspath(folder))
+    _check_replaceable(shown, folder, replaces)
     make_folder(folder.parent)
-    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    except OSError as err:
+        raise _failure(shown, err) from None
+    tmp, old = work / folder.name, work / "previous"
+    try:
         yield tmp
         for file in (p for p in tmp.rglob("*") if p.is_file()):
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
-        shutil.rmtree(old, ignore_errors=True)
+        set_modes(tmp)
         if folder.exists():
             os.replace(folder, old)
         os.replace(tmp, folder)
     except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not folder.exists():
             os.replace(old, folder)  # the swap failed half-way: put the previous folder back
+        shutil.rmtree(work, ignore_errors=True)
         cause = _os_cause(err) if isinstance(err, Exception) else None
         if cause is None:
             raise
-        raise _failure(folder, cause) from None
-    shutil.rmtree(old, ignore_errors=True)
+        raise _failure(shown, cause) from None
+    shutil.rmtree(work, ignore_errors=True)
     _sync_folder(folder.parent)
+
+
+def _check_replaceable(shown: Path, folder: Path, replaces: "str | None") -> None:
+    """Refuse (OutputError) a ``folder`` that ``atomic_folder`` must not replace."""
+    real, cwd = Path(os.path.realpath(folder)), Path.cwd()
+    if real == cwd or real in cwd.parents:
+        raise OutputError(f"{shown} is the current folder or holds it; refusing to replace it "
+                          "(give a new folder)")
+    kind = file_kind(folder)
+    if kind is None:
+        return
+    if kind != "a folder":
+        raise OutputError(f"{shown} is {kind}; refusing to replace it (give a new folder)")
+    if not any(folder.iterdir()):
+        return
+    if replaces is None or file_kind(folder / replaces) != "a regular file":
+        why = f" and no {replaces} (it is not a previous export of this kind)" if replaces else ""
+        raise OutputError(f"{shown} holds files{why}; refusing to replace it (give a new folder)")
+
+
+FILE_MODE, FOLDER_MODE = 0o666, 0o777
+
+
+def umask() -> int:
+    """The process's umask (read without changing it where /proc tells it)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def set_modes(root: Path) -> None:
+    """Give ``root`` and everything under it the modes a plain ``open`` / ``mkdir`` would."""
+    mask = umask()
+    for path in (root, *root.rglob("*")):
+        if path.is_symlink():
+            continue
+        os.chmod(path, (FOLDER_MODE if path.is_dir() else FILE_MODE) & ~mask)
+
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"),
+          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"))
+
+
+def file_kind(path: "str | os.PathLike") -> "str | None":
+    """What ``path`` itself is ('a regular file', 'a symbolic link', 'a FIFO (named pipe)', ...),
+    or None if nothing is there. ``lstat`` opens nothing, so it never blocks."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise OutputError(f"cannot read {path}: {err.strerror or err}") from None
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+def check_regular(path: "str | os.PathLike", folder_ok: bool = False) -> bool:
+    """True if ``path`` is a regular file (or, with ``folder_ok``, a real folder), False if it is
+    absent; OutputError naming it if it is a symbolic link, a FIFO, a device or a socket."""
+    kind = file_kind(path)
+    if kind is None:
+        return False
+    if kind == "a regular file" or (folder_ok and kind == "a folder"):
+        return True
+    raise OutputError(f"{path} is {kind}, not a regular file; this project neither follows links "
+                      "nor opens special files in its output folders (move it away or choose another folder)")
+
+
+def read_regular_text(path: "str | os.PathLike") -> str:
+    """The text of the regular file ``path``; FileNotFoundError if absent, OutputError (one line)
+    if it is a symbolic link or not a regular file. Opened without following a link and without
+    blocking, so a FIFO planted after the check cannot hang the reader either."""
+    if not check_regular(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OutputError(f"{path} is not a regular file")
+        return handle.read().decode("utf-8")

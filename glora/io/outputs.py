@@ -7,17 +7,24 @@ cannot exist; a second run on the folder refuses with the holder's pid, which th
 into the lock file. A fresh run into a folder that already holds a run's outputs refuses unless
 ``--resume`` (continue it) or ``--overwrite`` (delete those outputs first) is given. All refusals
 happen before anything is written.
+
+The lock file and every name of the run's outputs must be a regular file (or a real folder) or
+absent: a symbolic link there would make the run write through it, and a FIFO would block the
+run forever, so either is refused in one line naming it. The lock is opened with ``O_NOFOLLOW``
+and ``O_NONBLOCK`` and checked with ``fstat``, so one planted after the check is refused too.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import shutil
 from pathlib import Path
 from typing import Sequence
 
 from glora.errors import ConfigError, OutputError
-from glora.io.files import make_folder
+from glora.io.files import check_regular, make_folder
 
 
 class OutputFolder:
@@ -48,6 +55,7 @@ class OutputFolder:
         blocker = next((p for p in (self.path, *self.path.parents) if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise OutputError(f"{self.flag} {self.path}: {blocker} is a file, not a folder")
+        self.check_files()
         holder = self.holder()
         if holder is not None:
             raise self._busy(holder)
@@ -56,10 +64,18 @@ class OutputFolder:
             raise OutputError(f"{self.path} holds a run ({', '.join(held)}); continue it with --resume, "
                               f"replace it with --overwrite, or choose another {self.flag}")
 
+    def check_files(self) -> None:
+        """Refuse (OutputError naming it) a symbolic link or a non-regular file at the lock or at
+        any name of the run's outputs; a run's outputs are regular files and real folders."""
+        if self.path.is_dir():
+            check_regular(self.lock_path)
+            for name in self.outputs + self.extras:
+                check_regular(self.path / name, folder_ok=True)
+
     def holder(self) -> "str | None":
         """The pid (as written) of the run holding the folder's lock, or None if it is free."""
         try:
-            fd = os.open(self.lock_path, os.O_RDONLY)
+            fd = _open_lock(self.lock_path, os.O_RDONLY)
         except OSError:
             return None  # no lock file (or unreadable: acquire() will report the folder)
         try:
@@ -84,8 +100,9 @@ class OutputFolder:
         if not os.access(self.path, os.W_OK):  # an existing lock file may be writable in a read-only folder
             reason = "Read-only file system" if os.statvfs(self.path).f_flag & os.ST_RDONLY else "Permission denied"
             raise OutputError(f"cannot write in {self.flag} {self.path}: {reason}")
+        check_regular(self.lock_path)
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_lock(self.lock_path, os.O_RDWR | os.O_CREAT)
         except OSError as err:
             raise OutputError(f"cannot write in {self.flag} {self.path}: {err.strerror or err}") from None
         try:
@@ -131,6 +148,21 @@ class OutputFolder:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _open_lock(path: Path, flags: int) -> int:
+    """Open a lock file without following a link and without blocking on a FIFO; OutputError if
+    what is there is not a regular file (a link gives ELOOP under O_NOFOLLOW)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OutputError(f"{path} is a symbolic link, not a regular file; refusing to follow it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputError(f"{path} is not a regular file; refusing to use it as a lock")
+    return fd
 
 
 def _read_pid(fd: int) -> str:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from glora.errors import ConfigError, WeightsError
-from glora.run.checkpoint import state_digest
+from glora.run.checkpoint import load_failure, state_digest
 
 WEIGHTS_HELP = ("download the original ImageNet-21k ViT-B/16 weights "
                 "(https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz) into the "
@@ -67,8 +67,7 @@ def load_backbone(model: nn.Module, path: str | Path) -> None:
     except WeightsError:
         raise
     except Exception as err:  # corrupt files surface as many different exception types
-        raise WeightsError(f"cannot load pretrained weights from {path}: "
-                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+        raise WeightsError(f"cannot load pretrained weights from {path}: {load_failure(err)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} holds no state dict of tensors (check the file)")
     state = {k: v for k, v in state.items() if not k.startswith("head.")}

@@ -8,11 +8,11 @@ from typing import Any, Mapping
 
 import timm
 import torch
-import yaml
 
-from glora.errors import CheckpointError
+from glora.errors import CheckpointError, ConfigError
 from glora.io.files import atomic_write
 from glora.merge import convert_original_state_dict
+from glora.run.yaml_files import AliasBombError, load_yaml
 from glora.space import PRESETS, preset_subnet, validate_choice
 
 FORMAT_VERSION = 1
@@ -54,8 +54,7 @@ def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # truncated zip, pickle error, ...: all mean "unreadable"
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {load_failure(err)}") from None
     if _is_original_format(ckpt):
         ckpt = _from_original(ckpt, path)
     elif not isinstance(ckpt, dict) or "state_dict" not in ckpt:
@@ -65,6 +64,18 @@ def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
     if not mmap:
         _check_finite(ckpt["state_dict"], path)
     return ckpt
+
+
+def load_failure(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line. A refused pickle (a file holding
+    Python objects, which could run code when loaded) is named as such; torch's own message
+    suggests ``weights_only=False``, advice this project never passes on."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        found = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+        return ("refused: it holds Python objects beyond tensors and plain values, which could run code "
+                f"when loaded{f' ({found})' if found else ''}; no file written by this project does")
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 # What every checkpoint of this project holds, and of which type; GLoRA modes also need the rest.
@@ -158,10 +169,12 @@ def load_subnet(spec: str, layer_names: list[str], rank: int) -> list[dict]:
     if not path.is_file():
         raise CheckpointError(f"--subnet {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path)
         layers = data["layers"]
         file_rank = int(data.get("rank", rank))
-    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
+    except AliasBombError as err:
+        raise CheckpointError(str(err)) from None
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError):  # not YAML, or not a subnet
         raise CheckpointError(f"{path} is not a subnet file (expected 'rank' and 'layers': name -> choice)") from None
     if file_rank > rank:
         raise CheckpointError(f"{path} was searched at rank {file_rank}, but this run has rank {rank}")
@@ -180,8 +193,8 @@ def subnet_origin(spec: str) -> dict:
     if spec in PRESETS:
         return {"method": spec, "param_limit_M": None}
     try:
-        data = yaml.safe_load(Path(spec).read_text())
-    except (OSError, yaml.YAMLError):
+        data = load_yaml(spec)
+    except ConfigError:
         data = None
     data = data if isinstance(data, dict) else {}
     method = data.get("method")

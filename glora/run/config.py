@@ -13,8 +13,10 @@ from typing import Any, Sequence
 
 import yaml
 
+from glora.errors import ConfigError
 from glora.run.compile import COMPILE_CHOICES
 from glora.io.files import atomic_write
+from glora.run.yaml_files import load_yaml
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -172,9 +174,9 @@ def load_yaml_overrides(parser: argparse.ArgumentParser, path: str) -> dict[str,
     if file is None:
         raise SystemExit(f"error: config file not found: {path} (nor a shipped config: {', '.join(shipped_names())})")
     try:
-        raw = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise SystemExit(f"error: {file} is not valid YAML: {err}".splitlines()[0]) from None
+        raw = load_yaml(file) or {}
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
     if not isinstance(raw, dict):
         raise SystemExit(f"error: {file} must hold a mapping of option: value")
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}

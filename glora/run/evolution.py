@@ -23,6 +23,7 @@ import yaml
 
 import glora
 from glora.errors import one_line_errors
+from glora.io.files import read_regular_text
 from glora.io.outputs import OutputFolder
 from glora.run.backbone import autocast_dtype, resolve_device
 from glora.run.checkpoint import CheckpointError, subnet_document, versions
@@ -74,7 +75,7 @@ def completed(settings: SearchSettings) -> str | None:
     """
     path = Path(settings.save_path) / "results.json"
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_regular_text(path))  # a FIFO or a link there: one line, never a hang
     except (OSError, ValueError):  # absent or half-written: not finished
         return None
     # Inputs are compared by content where the results record them, so a moved folder still counts.

@@ -22,14 +22,19 @@ from torch import nn
 from glora.errors import ConfigError, TargetError
 from glora.inject import DEFAULT_TARGETS, target_names
 
-# kind -> (test, description); a range is (kind, low) with low the least valid value.
+# A range is (kind, low) or (kind, low, high): the least (and greatest) valid value.
 _INT = "an integer >= {low}"
 _NUMBER = "a finite number >= {low}"
 _UNIT = "a number in [0, 1]"
 _FRACTION = "a number in [0, 1)"
 
-COMMON_RANGES = {"rank": (_INT, 1), "input_size": (_INT, 1), "batch_size": (_INT, 1),
-                 "eval_batch_size": (_INT, 1), "drop_path": (_FRACTION, 0)}
+_BOUNDED = "an integer in [{low}, {high}]"
+# Seeds: the per-epoch torch seed (seed * 1_000_003 + epoch) * 1_009 + rank must stay in torch's
+# seeding range (below 2**64), so --seed is bounded like numpy's seeds. Input size: bounded before
+# the probe forward allocates a batch of it (99999 would ask for ~120 GB).
+MAX_SEED, MAX_INPUT_SIZE = 2**32 - 1, 4096
+COMMON_RANGES = {"rank": (_INT, 1), "input_size": (_BOUNDED, 1, MAX_INPUT_SIZE), "batch_size": (_INT, 1),
+                 "eval_batch_size": (_INT, 1), "drop_path": (_FRACTION, 0), "seed": (_BOUNDED, 0, MAX_SEED)}
 SUPERNET_RANGES = {"epochs": (_INT, 1), "warmup_epochs": (_INT, 0), "eval_every": (_INT, 1),
                    "save_every": (_INT, 1), "eval_subnets": (_INT, 1), "lr": (_NUMBER, 0),
                    "weight_decay": (_NUMBER, 0), "warmup_lr": (_NUMBER, 0), "min_lr": (_NUMBER, 0)}
@@ -39,11 +44,11 @@ SEARCH_RANGES = {"param_limits": (_NUMBER, 0), "min_param_limits": (_NUMBER, 0),
                  "plain_tries": (_INT, 0)}
 
 
-def _valid(kind: str, low: float, value: object) -> bool:
+def _valid(kind: str, low: float, value: object, high: float = math.inf) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    if kind == _INT:
-        return isinstance(value, int) and value >= low
+    if kind in (_INT, _BOUNDED):
+        return isinstance(value, int) and low <= value <= high
     if not math.isfinite(value):
         return False
     if kind == _UNIT:
@@ -62,12 +67,13 @@ def check_ranges(args: argparse.Namespace, parser: argparse.ArgumentParser,
                  ranges: Mapping[str, tuple[str, float]]) -> None:
     """Refuse the first setting outside its range, naming the flag, the value and the range."""
     flags = flag_names(parser)
-    for dest, (kind, low) in ranges.items():
+    for dest, (kind, low, *high) in ranges.items():
         if not hasattr(args, dest):
             continue
         value = getattr(args, dest)
-        if not _valid(kind, low, value):
-            raise ConfigError(f"{flags.get(dest, dest)} {value!r}: must be {kind.format(low=low)}")
+        if not _valid(kind, low, value, *high):
+            valid = kind.format(low=low, high=high[0] if high else None)
+            raise ConfigError(f"{flags.get(dest, dest)} {value!r}: must be {valid}")
 
 
 def check_model_kwargs(value: object) -> None:

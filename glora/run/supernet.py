@@ -33,6 +33,7 @@ from glora.run.preflight import SUPERNET_RANGES, check_batch_size, check_common,
 from glora.run.settings import TrainSettings
 from glora.run.trainer import (Run, current_inputs, describe, fit, load_data, model_record, stored_config,
                                trim_log)
+from glora.io.files import check_regular
 from vtab.dataset import count_listed
 
 
@@ -80,7 +81,7 @@ def completed(settings: TrainSettings) -> str | None:
     A finished checkpoint trained with other settings is an error, never silently reused.
     """
     path = checkpoint_path(settings)
-    if not path.is_file():
+    if not check_regular(path):  # absent; a link or a FIFO there is refused in one line
         return None
     ckpt = load_checkpoint(path, mmap=True)
     if ckpt.get("epoch") != settings.epochs:

@@ -16,11 +16,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
-import yaml
 
 from glora.errors import ConfigError
 from glora.run import evolution, supernet
 from glora.run.config import find_config, shipped_names
+from glora.run.yaml_files import load_yaml
 from vtab.tasks import DataError, select_tasks
 
 # method -> the flags that make its train job (None: the GLoRA search row, no train job).
@@ -231,10 +231,7 @@ def read_plan_file(path: str | Path) -> dict[str, Any]:
     if found is None:
         raise PlanError(f"plan file not found: {path} (nor a shipped plan: {', '.join(shipped_names())})")
     path = found
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise PlanError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    raw = load_yaml(path) or {}  # a YAML error or an alias bomb: one line naming the file
     if not isinstance(raw, dict):
         raise PlanError(f"{path} must hold a mapping (runs, tasks, methods, ...)")
     for key in raw:

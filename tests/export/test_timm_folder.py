@@ -97,3 +97,22 @@ def test_bf16_accuracy_difference_after_merging_is_checked_in_fp32(capsys):
         merged.blocks[0].mlp.fc1.weight[0, 0] += 0.5
     with pytest.raises(RuntimeError, match="differ from the unmerged subnet's in fp32"):
         check_merge_in_fp32(model, merged, loader)
+
+
+def test_exported_tag_does_not_claim_timms_default_weights(tmp_path):
+    """Fails if merged/config.json inherits timm's default pretrained tag (augreg_in21k_ft_in1k for
+    vit_tiny_patch16_224), which names weights that the exported ones are not."""
+    from glora.export.timm_folder import export_timm_folder
+
+    model = make_tiny_vit()
+    glora.inject_glora(model, 2)
+    randomize_glora(model)
+    glora.set_subnet(model, glora.preset_subnet("largest", 8, 2))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model.eval()(x)
+    folder = export_timm_folder(glora.merge_glora(model), tmp_path / "merged", 32, (0.5,) * 3, (0.5,) * 3)
+    assert json.loads((folder / "config.json").read_text())["pretrained_cfg"]["tag"] == "glora"
+    reloaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), want, rtol=1e-5, atol=1e-5)

@@ -80,12 +80,12 @@ def test_atomic_folder_keeps_the_previous_folder_on_failure(tmp_path):
         tmp.mkdir()
         (tmp / "model.safetensors").write_bytes(b"old")
     with pytest.raises(OutputError, match=f"cannot write {folder}: "):
-        with atomic_folder(folder) as tmp:
+        with atomic_folder(folder, replaces="model.safetensors") as tmp:
             tmp.mkdir()
             (tmp / "model.safetensors").write_bytes(b"ne")
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
     assert sorted(os.listdir(tmp_path)) == ["merged"] and (folder / "model.safetensors").read_bytes() == b"old"
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, replaces="model.safetensors") as tmp:
         tmp.mkdir()
         (tmp / "config.json").write_text("{}")
     assert sorted(os.listdir(folder)) == ["config.json"] and sorted(os.listdir(tmp_path)) == ["merged"]
@@ -126,3 +126,39 @@ def test_interrupt_inside_torch_save_stays_an_interrupt(tmp_path):
     finally:
         glora.io.files._Tracked = real
     assert os.listdir(tmp_path) == []
+
+
+def test_atomic_folder_replaces_only_a_folder_of_its_own_kind(tmp_path, monkeypatch):
+    """Fails if atomic_folder swaps away what it is given: a file (once hidden as .name.old), a
+    folder of other files, a symbolic link, the current folder; or deletes a sibling that happens
+    to be named .name.tmp / .name.old; or cannot replace an empty folder or a previous export."""
+    (tmp_path / "file").write_text("f")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("n")
+    (tmp_path / "link").symlink_to(tmp_path / "notes")
+    (tmp_path / ".out.tmp").mkdir()
+    (tmp_path / ".out.old").write_text("mine")
+    expected = {"file": "is a regular file; refusing to replace it (give a new folder)",
+                "notes": "holds files and no config.json (it is not a previous export of this kind); refusing "
+                         "to replace it (give a new folder)",
+                "link": "is a symbolic link; refusing to replace it (give a new folder)"}
+    for name, reason in expected.items():
+        with pytest.raises(OutputError) as err:
+            with atomic_folder(tmp_path / name, replaces="config.json") as tmp:
+                raise AssertionError("the block must not run")
+        assert str(err.value) == f"{tmp_path / name} {reason}"
+    monkeypatch.chdir(tmp_path / "notes")
+    (tmp_path / "notes" / "config.json").write_text("{}")
+    for given in (".", str(tmp_path)):
+        with pytest.raises(OutputError, match=r"is the current folder or holds it; refusing to replace it"):
+            with atomic_folder(given, replaces="config.json"):
+                raise AssertionError("the block must not run")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for name in ("out", "empty", "notes", "out"):  # absent, empty, a previous export, the new one again
+        with atomic_folder(tmp_path / name, replaces="config.json") as tmp:
+            tmp.mkdir()
+            (tmp / "config.json").write_text(name)
+        assert os.listdir(tmp_path / name) == ["config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old", ".out.tmp", "empty", "file", "link", "notes", "out"]
+    assert (tmp_path / ".out.old").read_text() == "mine" and (tmp_path / "file").read_text() == "f"
