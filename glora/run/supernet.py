@@ -129,27 +129,34 @@ def main(settings: TrainSettings) -> None:
     run = Run(s, device, world)  # model, weights, targets, rank and input size checked
     check_batch_size(s.batch_size, count_listed(s.data_path, run.task, run.splits["train"]),
                      f"{run.task.name}/{run.splits['train']}", world.size)
-    with folder.acquire(s.overwrite, seen) if world.main else contextlib.nullcontext(), \
-            run_log(Path(s.save_path) / f"{run.task.name}_run.log", "glora-supernet", s.argv, versions()) if world.main else contextlib.nullcontext():
+    with folder.acquire(s.overwrite, seen) if world.main else contextlib.nullcontext():
         if s.resume:
-            run.restore()  # refuses a checkpoint trained with other settings
-            say(f"resumed {run.ckpt_path} at epoch {run.epoch}")
-        if world.main:
-            trim_log(run.log_path, run.epoch)  # a fresh run (epoch 0) starts a fresh log
-            write_yaml(Path(s.save_path) / f"{run.task.name}_args.yaml", s.record())
-        train_loader, val_loader = load_data(s, run, device)
-        say(describe(run, len(train_loader.split)))
-        start = time.time()
-        try:
-            with sigterm_as_interrupt():  # pre-emption saves like Ctrl-C
-                fit(run, train_loader, val_loader)
-        except NonFiniteLossError as err:
-            kept = f"kept the last good checkpoint {run.ckpt_path}" if run.ckpt_path.exists() else "no checkpoint was written"
-            raise SystemExit(f"error: {err}; stopped, {kept}") from None
-        finally:
-            run.scalars.close()
-            close(world)
-        say(f"done: {s.epochs} epochs in {time.time() - start:.1f}s -> {run.ckpt_path}")
+            run.restore()  # refuses a checkpoint trained with other settings, before anything is written
+        log_path = Path(s.save_path) / f"{run.task.name}_run.log"
+        with run_log(log_path, "glora-supernet", s.argv, versions()) if world.main else contextlib.nullcontext():
+            train(s, run, device, say)
+
+
+def train(s: TrainSettings, run: Run, device: torch.device, say) -> None:
+    """The run's log and config, the data, the epochs, and the closing line."""
+    if s.resume:
+        say(f"resumed {run.ckpt_path} at epoch {run.epoch}")
+    if run.world.main:
+        trim_log(run.log_path, run.epoch)  # a fresh run (epoch 0) starts a fresh log
+        write_yaml(Path(s.save_path) / f"{run.task.name}_args.yaml", s.record())
+    train_loader, val_loader = load_data(s, run, device)
+    say(describe(run, len(train_loader.split)))
+    start = time.time()
+    try:
+        with sigterm_as_interrupt():  # pre-emption saves like Ctrl-C
+            fit(run, train_loader, val_loader)
+    except NonFiniteLossError as err:
+        kept = f"kept the last good checkpoint {run.ckpt_path}" if run.ckpt_path.exists() else "no checkpoint was written"
+        raise SystemExit(f"error: {err}; stopped, {kept}") from None
+    finally:
+        run.scalars.close()
+        close(run.world)
+    say(f"done: {s.epochs} epochs in {time.time() - start:.1f}s -> {run.ckpt_path}")
 
 
 def check_args(settings: TrainSettings) -> None:
