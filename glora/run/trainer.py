@@ -106,14 +106,7 @@ class Run:
                 "scheduler": dict(self.scheduler.state_dict()),
                 "sampler": self.sampler.state_dict() if self.sampler else None,
                 "torch_rng": torch.get_rng_state(), "world_size": self.world.size,
-                "world_sizes": self.world_size_history(), "versions": versions()}
-
-    def world_size_history(self) -> dict[int, int]:
-        """Epoch at which each stretch of training started -> its number of ranks."""
-        history = dict(self.world_sizes)
-        if list(history.values())[-1] != self.world.size:
-            history[self.epoch] = self.world.size
-        return history
+                "world_sizes": dict(self.world_sizes), "versions": versions()}
 
     def restore(self) -> None:
         ckpt = load_checkpoint(self.ckpt_path)
@@ -145,6 +138,7 @@ class Run:
         self.epoch = ckpt["epoch"]
         self.world_sizes = dict(ckpt.get("world_sizes") or {0: ckpt.get("world_size", 1)})
         if ckpt.get("world_size", 1) != self.world.size:
+            self.world_sizes[self.epoch] = self.world.size
             print(f"note: {self.ckpt_path} was trained on {ckpt.get('world_size', 1)} rank(s) and resumes on "
                   f"{self.world.size}: the result differs from a run on either alone (drop-path draws and "
                   "reduction order follow the ranks); the checkpoint records both")

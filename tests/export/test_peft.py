@@ -259,9 +259,10 @@ def test_each_export_loads_with_plain_peft_in_a_process_without_glora(supernet_r
         cli([*common, "--out", str(out), *flags])
         printed = capsys.readouterr().out
         manifest = json.loads((out / "glora_adapters.json").read_text())
+        ckpt = torch.load(tmp / "sn" / "eurosat.pt", weights_only=True)
         assert manifest["base_model"] == {"timm_model": "vit_tiny_patch16_224", "model_args": TINY_VIT_KWARGS,
                                           "num_classes": 10, "pretrained": str(tmp / "bb.safetensors"),
-                                          "pretrained_sha256": sha}
+                                          "pretrained_sha256": sha, "backbone": ckpt["backbone"]}
         assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "vit_tiny_patch16_224"
         assert (len(manifest["adapters"]) == 1) == bool(flags)
         size = manifest["stored_numbers"]
