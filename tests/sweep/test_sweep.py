@@ -17,6 +17,8 @@ from glora.sweep.cli import cli, get_args_parser, plan_from
 from glora.sweep.jobs import Job, build_jobs
 from glora.sweep.status import Board
 from tests.helpers import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
+from vtab import mini
+from vtab.check import main as check_main
 from vtab.tasks import GROUPS, MINI_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,6 +134,15 @@ def test_bad_input_is_one_line(tmp_path, argv, plan, message):
         cli(["--runs", str(tmp_path / "r"), "--dry-run", *argv])
     text = str(err.value.code)
     assert message in text and text.startswith("error: ") and "\n" not in text
+
+
+def test_vtab_check_accepts_the_selections_the_sweep_accepts(tmp_path, capsys):
+    """Fails if `python -m vtab.check mini` refuses a selection that `--tasks mini` takes."""
+    mini.build(tmp_path, sizes=(8, 8, 8), progress=False)
+    plan, _, _ = plan_of("--runs", str(tmp_path / "r"), "--tasks", "mini", "--methods", "lora")
+    assert check_main(["--data-path", str(tmp_path), "--no-progress", "--quick", "mini"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:2 + len(MINI_TASKS)]]
+    assert rows == plan.tasks == list(MINI_TASKS)
 
 
 def test_missing_plan_file_from_the_shell_prints_one_line(tmp_path):
