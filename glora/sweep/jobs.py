@@ -23,7 +23,7 @@ from pathlib import Path
 
 import glora
 from glora.run.config import parse_args
-from glora.sweep.plan import GLORA_METHODS, TRAIN_METHODS, Plan, cli_module
+from glora.sweep.plan import GLORA_METHODS, TRAIN_METHODS, Plan, budget_text, cli_module
 
 KINDS = ("supernet", "search", "train", "export")
 SCRIPTS = {"supernet": "supernet", "search": "evolution", "train": "supernet", "export": "evolution"}
@@ -97,13 +97,13 @@ class _Builder:
     def glora(self, base: Path, task: str, seed, protocol: str, budget: float) -> tuple[Job, Job]:
         shared = "paper" if protocol == "paper" else "val"
         supernet = self.add("supernet", base / shared / "supernet", task, seed, shared, [], [], "glora")
-        search = self.add("search", base / shared / f"glora_{budget:g}M", task, seed, shared,
-                          ["--load_path", str(supernet.out), "--param-limits", f"{budget:g}"], [supernet],
+        search = self.add("search", base / shared / f"glora_{budget_text(budget)}M", task, seed, shared,
+                          ["--load_path", str(supernet.out), "--param-limits", budget_text(budget)], [supernet],
                           "glora")
         return supernet, search
 
     def trained(self, base: Path, task: str, seed, protocol: str, method: str, budget: float | None) -> Job:
-        folder = base / protocol / (method if budget is None else f"{method}_{budget:g}M")
+        folder = base / protocol / (method if budget is None else f"{method}_{budget_text(budget)}M")
         extra, deps = list(TRAIN_METHODS[method]), []
         if method in GLORA_METHODS:
             supernet, search = self.glora(base, task, seed, protocol, budget)

@@ -103,6 +103,16 @@ def test_flags_from_the_plan_file_and_the_command_line(tmp_path):
     assert search[-4:] == ["--m_prob", "0.3", "--population-num", "30"]
 
 
+def test_budgets_keep_every_digit(tmp_path):
+    """Fails if budgets are rounded into folder names or --param-limits (1.0000001 and 1.0000002
+    would share one job and one search), or if short budgets lose their short names."""
+    _, jobs, targets = plan_of("--runs", str(tmp_path), "--tasks", "eurosat", "--methods", "glora",
+                               "--budgets", "1.0000001", "1.0000002", "0.5", "2")
+    assert targets == ["eurosat/val/glora_1.0000001M", "eurosat/val/glora_1.0000002M", "eurosat/val/glora_0.5M",
+                       "eurosat/val/glora_2M"]
+    assert [float(arg(jobs[t], "--param-limits")) for t in targets] == [1.0000001, 1.0000002, 0.5, 2.0]
+
+
 @pytest.mark.parametrize("argv, plan, message", [
     (["--tasks", "cifra"], None, "error: unknown task 'cifra'; selections: all, natural,"),
     (["--methods", "lora", "loha"], None, "error: unknown method 'loha'; did you mean 'lora'? methods: glora,"),
@@ -111,7 +121,10 @@ def test_flags_from_the_plan_file_and_the_command_line(tmp_path):
     (["--slurm-partition", "gpu"], None, "error: --slurm-partition: only with --backend slurm"),
     (["--backend", "slurm", "--gpus", "0,1"], None, "error: --gpus, --jobs and --jobs-per-gpu are for the local"),
     (["--gpus", "0", "--jobs", "2"], None, "error: --jobs counts CPU processes; with --gpus use --jobs-per-gpu"),
-    (["--budgets", "1M"], None, "error: budget '1M' is not a positive number (M)"),
+    (["--budgets", "1M"], None, "error: budget '1M' is not a finite positive number (M)"),
+    (["--budgets", "inf"], None, "error: budget 'inf' is not a finite positive number (M)"),
+    (["--budgets", "0.5", "nan"], None, "error: budget 'nan' is not a finite positive number (M)"),
+    ([], {"budgets": [1e400]}, "error: budget inf is not a finite positive number (M)"),
     (["--seeds", "1.5"], None, "error: seed '1.5' is not a non-negative integer"),
     ([], {"method": ["lora"]}, "unknown key 'method' (did you mean 'methods'?); valid keys: runs, tasks,"),
     ([], {"supernet_args": {"epoch": 3}}, "supernet_args: --epoch is not a flag of supernet.py (did you mean --epochs?)"),
