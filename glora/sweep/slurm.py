@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -30,24 +31,42 @@ GRACE_S = 30.0
 
 
 class NodeCall:
-    """One array task on a compute node: check the dependencies, run the CLI, fail loudly."""
+    """One array task on a compute node: check the dependencies, run the CLI, fail loudly.
+
+    A thread waits for the CLI; the task's main thread waits for that thread's event. submitit's
+    time-limit hook runs in the main thread, interrupting that wait, so it must not wait on the
+    process itself (``Popen.wait`` holds a lock the interrupted wait already has): it stops the CLI
+    and waits for the same event.
+    """
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
+        self.exited: threading.Event | None = None  # made on the node (submitit pickles this object)
 
     def __call__(self, job: Job, deps: list[Job]) -> str:
+        self.exited = threading.Event()
         missing = [d for d in deps if not finished(d)]
         if missing:
             self._fail(job, f"not run: needs {missing[0].name}, which did not finish (log {missing[0].log})")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        # The CLI must not die of submitit's USR2 warning: this process turns it into SIGINT (save).
-        self.proc, log = launch(job, env, preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
-        rc = self.proc.wait()
+        # USR2 waits until the waiter runs, so the hook always finds a CLI and an event to wait on.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+        try:
+            self.proc, log = launch(job, env, preexec_fn=_cli_ignores_usr2)
+            threading.Thread(target=self._wait, daemon=True).start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
+        self.exited.wait()
         log.close()
+        rc = self.proc.returncode
         done = finished(job) if rc == 0 else None
         if not done:
             self._fail(job, f"exit {rc}: {last_line(job.log)}" if rc else "exited 0 but its outputs are incomplete")
         return done
+
+    def _wait(self) -> None:
+        self.proc.wait()
+        self.exited.set()
 
     @staticmethod
     def _fail(job: Job, reason: str) -> None:
@@ -58,12 +77,22 @@ class NodeCall:
 
     def checkpoint(self, job: Job, deps: list[Job]):
         """submitit's hook on a time limit or pre-emption: let the CLI save, then requeue this call."""
-        import submitit
+        import submitit  # an optional extra: only a Slurm task gets here
 
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            self.proc.wait()
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)  # the CLI saves its state and exits
+            except ProcessLookupError:
+                pass
+            self.exited.wait()
         return submitit.helpers.DelayedSubmission(NodeCall(), job, deps)
+
+
+def _cli_ignores_usr2() -> None:
+    """In the CLI's process: USR2 (Slurm's warning, sent to every process of the task) is ignored;
+    the task turns it into SIGINT, on which the CLI saves."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
 
 
 def arrays(jobs: dict[str, Job]) -> list[tuple[str, list[Job], list[str]]]:

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -108,30 +107,57 @@ def test_slurm_dry_run_prints_the_arrays(tmp_path):
                      "train (after supernet, search)"]
 
 
+# What submitit does on a compute node when Slurm warns of the time limit or pre-emption (USR2): its
+# signal handler, in the task's main thread, calls the hook, requeues the task and exits.
+TIME_LIMIT = """
+import os, signal, sys, threading, time
+from glora.sweep.cli import get_args_parser, plan_from
+from glora.sweep.jobs import build_jobs
+from glora.sweep.slurm import NodeCall
+
+jobs, _ = build_jobs(plan_from(get_args_parser().parse_args(sys.argv[1:])))
+job, call = jobs["eurosat/seed3/val/supernet"], NodeCall()
+
+def on_usr2(signum, frame):
+    requeued = call.checkpoint(job, [])
+    print("requeue", type(requeued.function).__name__, requeued.args[0].name, flush=True)
+    sys.exit(3)
+
+def warn_once_saved():
+    while not (job.out / "eurosat.pt").is_file():
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGUSR2)
+
+signal.signal(signal.SIGUSR2, on_usr2)
+threading.Thread(target=warn_once_saved, daemon=True).start()
+call(job, [])
+"""
+
+
 def test_node_call_checks_dependencies_and_requeue_hook_resumes(tmp_path):
     """Fails if an array task runs although a job it needs did not finish (Slurm's afterany lets it
-    start), if submitit's time-limit hook does not make the running CLI save its state, or if the
-    requeued call does not continue from it to the finished run."""
+    start), if submitit's time-limit hook, called from the signal handler while the task waits for
+    its CLI, deadlocks (it used to wait on the same Popen) or does not make the CLI save its state,
+    or if the requeued call does not continue from it to the finished run."""
     plan = make_world(tmp_path)
-    args = get_args_parser().parse_args([str(plan), "--runs", str(tmp_path / "r"), "--tasks", "eurosat",
-                                         "--supernet-args", "--epochs 60 --eval-every 60"])
-    jobs, _ = build_jobs(plan_from(args))
+    argv = [str(plan), "--runs", str(tmp_path / "r"), "--tasks", "eurosat",
+            "--supernet-args", "--epochs 60 --eval-every 60"]
+    jobs, _ = build_jobs(plan_from(get_args_parser().parse_args(argv)))
     job = jobs["eurosat/seed3/val/supernet"]
     search = jobs["eurosat/seed3/val/glora_0.006M"]
     with pytest.raises(RuntimeError, match="not run: needs eurosat/seed3/val/supernet, which did not finish"):
         NodeCall()(search, [job])  # afterany started it, but its supernet is not there
     assert "sweep: not run: needs" in search.log.read_text()
-    call, errors = NodeCall(), []
-    worker = threading.Thread(target=lambda: errors.append(pytest.raises(RuntimeError, call, job, [])))
-    worker.start()
+    node = subprocess.Popen([sys.executable, "-c", TIME_LIMIT, *argv], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            start_new_session=True)
+    try:
+        out, _ = node.communicate(timeout=300)  # a deadlocked hook never returns
+    finally:
+        os.killpg(node.pid, 9) if node.poll() is None else None
+    assert node.returncode == 3 and "requeue NodeCall eurosat/seed3/val/supernet" in out, out
     ckpt = job.out / "eurosat.pt"
-    deadline = time.time() + 120
-    while not ckpt.is_file() and time.time() < deadline:
-        time.sleep(0.05)
-    requeued = call.checkpoint(job, [])  # what submitit calls on USR2
-    worker.join(60)
-    assert "interrupted in epoch" in str(errors[0].value)
+    assert "interrupted in epoch" in job.log.read_text()
     assert torch.load(ckpt, weights_only=True)["epoch"] < 60
-    assert requeued.args == (job, []) and isinstance(requeued.function, NodeCall)
-    assert requeued.function(*requeued.args).startswith(f"already finished: {ckpt}")
+    assert NodeCall()(job, []).startswith(f"already finished: {ckpt}")  # the requeued call
     assert torch.load(ckpt, weights_only=True)["epoch"] == 60 and "resumed" in job.log.read_text()
