@@ -23,6 +23,7 @@ from pathlib import Path
 
 import glora
 from glora.run.config import parse_args
+from glora.sweep.chain import check_inputs
 from glora.sweep.plan import GLORA_METHODS, TRAIN_METHODS, Plan, budget_text, cli_module
 
 KINDS = ("supernet", "search", "train", "export")
@@ -136,9 +137,14 @@ def build_jobs(plan: Plan) -> tuple[dict[str, Job], list[str]]:
 
 
 def finished(job: Job) -> str | None:
-    """The CLI's own answer (``completed(args)``, what ``--resume auto`` checks): a line if done."""
+    """The CLI's own answer (``completed(args)``, what ``--resume auto`` checks): a line if done,
+    once the output is also checked against what it was made from (StaleError if that changed)."""
     module = cli_module(job.script)
-    return module.completed(parse_args(module.get_args_parser(), job.argv))
+    args = parse_args(module.get_args_parser(), job.argv)
+    note = module.completed(args)
+    if note:
+        check_inputs(job.script, args)
+    return note
 
 
 def in_use_by(job: Job) -> str | None:
@@ -158,8 +164,10 @@ def mark_finished(jobs: dict[str, Job], targets: list[str]) -> None:
         except Exception as err:  # noqa: BLE001 - e.g. "finished with other settings": a job failure
             job.state, job.note = "failed", f"{type(err).__name__}: {err}"
             continue
-        if note:
+        if note and all(jobs[d].state == "done" for d in job.deps):
             job.state, job.note = "done", note
+        # A finished job whose input is to be made again (or failed) is not done: once its input
+        # is there, its output is checked against it (finished() raises StaleError if it changed).
     needed: set[str] = set()
     stack = [t for t in targets if jobs[t].state != "done"]
     while stack:

@@ -296,3 +296,36 @@ def test_ctrl_c_saves_running_jobs_and_a_rerun_finishes_the_rest(world, tmp_path
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resumed" in (runs / "eurosat" / "val" / "supernet.log").read_text().split("=== ")[-1]
     assert (runs / "eurosat" / "val" / "glora_0.006M" / "results.json").is_file()
+
+
+def test_a_job_whose_input_changed_is_never_done(world, tmp_path, capsys):
+    """Fails if the sweep counts an export done (exit 0) with the result of a training run that
+    the plan no longer describes: after --train-args "--epochs 2" over a finished 1-epoch baseline,
+    or after its checkpoint was trained again by hand; and if moving the stale export aside does
+    not make the sweep export the new checkpoint."""
+    runs = tmp_path / "runs"
+    base = (str(world / "plan.yaml"), "--runs", str(runs), "--tasks", "eurosat", "--methods", "lora", "--no-report")
+    assert sweep(capsys, *base)[0] == 0
+    train, export = runs / "eurosat" / "val" / "lora" / "train", runs / "eurosat" / "val" / "lora"
+    code, out = sweep(capsys, *base, "--train-args", "--epochs 2")
+    assert code == 1 and "sweep: 2 jobs: 1 failed, 1 skipped" in out, out
+    assert f"FAILED eurosat/val/lora/train: exit 1: error: {train}/eurosat.pt was trained with other settings " \
+           "(epochs: 1 -> 2)" in out
+    assert "skipped eurosat/val/lora: needs eurosat/val/lora/train (failed)" in out
+    # The training run made again by hand, as the plan now says: its old export is stale.
+    job = plan_of(*base, "--train-args", "--epochs 2")[1]["eurosat/val/lora/train"]
+    command = job.command()
+    del command[command.index("--resume"):command.index("--resume") + 2]
+    again = subprocess.run([*command, "--overwrite"], cwd=REPO, capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stdout + again.stderr
+    code, out = sweep(capsys, *base, "--train-args", "--epochs 2")
+    assert code == 1 and "sweep: 2 jobs: 1 done (1 already finished), 1 failed" in out, out
+    assert f"FAILED eurosat/val/lora: StaleError: {export}/results.json was made from {train}/eurosat.pt at " \
+           "epoch 1 (sha256 " in out and f"which now holds epoch 2 (sha256 " in out
+    assert f"move {export} aside to keep it and run this job on the new input" in out
+    assert json.loads((export / "results.json").read_text())["supernet_epochs"] == 1  # kept
+    (export / "results.json").rename(tmp_path / "results_1_epoch.json")
+    code, out = sweep(capsys, *base, "--train-args", "--epochs 2")
+    assert code == 0 and "sweep: 2 jobs: 2 done (1 already finished)" in out, out
+    assert json.loads((export / "results.json").read_text())["supernet_epochs"] == 2
