@@ -153,6 +153,12 @@ def in_use_by(job: Job) -> str | None:
     return module.output_folder(parse_args(module.get_args_parser(), job.argv)).holder()
 
 
+def has_outputs(job: Job) -> bool:
+    """Does the job's folder hold any output of its CLI (finished or not)?"""
+    module = cli_module(job.script)
+    return bool(module.output_folder(parse_args(module.get_args_parser(), job.argv)).held_outputs())
+
+
 def mark_finished(jobs: dict[str, Job], targets: list[str]) -> None:
     """Mark finished jobs done, then jobs that nothing unfinished needs as unneeded."""
     for job in jobs.values():
@@ -164,10 +170,11 @@ def mark_finished(jobs: dict[str, Job], targets: list[str]) -> None:
         except Exception as err:  # noqa: BLE001 - e.g. "finished with other settings": a job failure
             job.state, job.note = "failed", f"{type(err).__name__}: {err}"
             continue
-        if note and all(jobs[d].state == "done" for d in job.deps):
+        # Not done while an input is still to be finished over what it holds (or failed): once it
+        # is finished, the output is checked against it (finished() raises StaleError if it changed).
+        # An input that is simply gone (deleted to save space) is not made again for it.
+        if note and not any(jobs[d].state != "done" and has_outputs(jobs[d]) for d in job.deps):
             job.state, job.note = "done", note
-        # A finished job whose input is to be made again (or failed) is not done: once its input
-        # is there, its output is checked against it (finished() raises StaleError if it changed).
     needed: set[str] = set()
     stack = [t for t in targets if jobs[t].state != "done"]
     while stack:
