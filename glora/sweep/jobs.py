@@ -29,8 +29,8 @@ from glora.sweep.plan import GLORA_METHODS, TRAIN_METHODS, Plan, budget_text, cl
 KINDS = ("supernet", "search", "train", "export")
 SCRIPTS = {"supernet": "supernet", "search": "evolution", "train": "supernet", "export": "evolution"}
 # States: waiting -> running -> done | failed | interrupted; skipped: a dependency did not finish;
-# unneeded: not finished, but everything that needs it is.
-STATES = ("done", "running", "failed", "interrupted", "skipped", "waiting", "unneeded")
+# unneeded: not finished, but everything that needs it is; queued: in Slurm's queue from an earlier sweep.
+STATES = ("done", "running", "queued", "failed", "interrupted", "skipped", "waiting", "unneeded")
 # Where this process imports glora from (a checkout or site-packages): jobs import the same code.
 IMPORT_ROOT = Path(glora.__file__).resolve().parents[1]
 

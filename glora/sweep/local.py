@@ -12,10 +12,11 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from glora.sweep.jobs import Job, finished, in_use_by, job_environment
-from glora.sweep.status import Board, last_line
+from glora.sweep.status import FAILED_MARK, Board, last_line
 
 STOPPING_STATES = ("failed", "interrupted", "skipped")
 
@@ -38,6 +39,16 @@ def launch(job: Job, env: dict[str, str], prefix: str = "", **popen) -> tuple[su
     proc = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=env, start_new_session=True, **popen)
     return proc, log
+
+
+def append_line(log: Path, line: str) -> None:
+    """Add a line to a job's log; a full or read-only disk costs only that line."""
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as handle:
+            handle.write(line + "\n")
+    except OSError:
+        pass
 
 
 def slots_for(gpus: list[str], jobs_per_gpu: int, jobs: int) -> list[str | None]:
@@ -96,6 +107,8 @@ class LocalBackend:
                 reason = "exited 0 but its outputs are incomplete"
             state = "interrupted" if self.signals else "failed"
             self.board.finish(r.job, state, f"exit {rc}: {reason}" if isinstance(rc, int) else reason)
+            if state == "failed":
+                append_line(r.job.log, FAILED_MARK + r.job.note)  # for `status`
 
     def _next(self, waiting: list[Job], jobs: dict[str, Job]) -> None:
         for job in list(waiting):

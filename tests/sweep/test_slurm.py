@@ -147,7 +147,7 @@ def test_node_call_checks_dependencies_and_requeue_hook_resumes(tmp_path):
     search = jobs["eurosat/seed3/val/glora_0.006M"]
     with pytest.raises(RuntimeError, match="not run: needs eurosat/seed3/val/supernet, which did not finish"):
         NodeCall()(search, [job])  # afterany started it, but its supernet is not there
-    assert "sweep: not run: needs" in search.log.read_text()
+    assert "sweep: failed: not run: needs" in search.log.read_text()
     node = subprocess.Popen([sys.executable, "-c", TIME_LIMIT, *argv], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             start_new_session=True)

@@ -176,8 +176,8 @@ def test_live_table_counts_and_redraws_in_place():
     board.finish(jobs["b"], "failed", "exit 1: boom")
     text = out.getvalue()
     assert "FAILED  b: exit 1: boom" in text and "\x1b[3F\x1b[J" in text
-    assert board.table()[1:3] == [f"{'supernet':<9}" + "".join(f"{n:>12}" for n in (1, 0, 0, 0, 0, 0)),
-                                  f"{'search':<9}" + "".join(f"{n:>12}" for n in (0, 0, 1, 1, 0, 0))]
+    assert board.table()[1:3] == [f"{'supernet':<9}" + "".join(f"{n:>12}" for n in (1, 0, 0, 0, 0, 0, 0)),
+                                  f"{'search':<9}" + "".join(f"{n:>12}" for n in (0, 0, 0, 1, 1, 0, 0))]
 
 
 # ---------------------------------------------------------------- real tiny sweeps
@@ -271,11 +271,21 @@ def test_a_failing_job_does_not_stop_the_others(world, tmp_path, capsys):
     assert f"FAILED dtd/val/lora/train: exit 1: error: task folder {world}/data/dtd not found" in out
     assert f"; log {log}" in out and "skipped dtd/val/lora: needs dtd/val/lora/train (failed)" in out
     assert "sweep: 4 jobs: 2 done, 1 failed, 1 skipped" in out
+    code, out = sweep(capsys, "status", str(world / "plan.yaml"), "--runs", str(runs), "--tasks", "dtd", "eurosat",
+                      "--methods", "lora", "--no-report")
+    assert code == 0 and out.splitlines() == [
+        f"failed   dtd/val/lora/train      exit 1: error: task folder {world}/data/dtd not found; see data/README.md "
+        "for how to get VTAB-1k",
+        "done     eurosat/val/lora/train",
+        "todo     dtd/val/lora",
+        "done     eurosat/val/lora",
+        f"status: 4 jobs under {runs}: 2 done, 1 failed, 1 todo"]
 
 
-def test_ctrl_c_saves_running_jobs_and_a_rerun_finishes_the_rest(world, tmp_path):
+def test_ctrl_c_saves_running_jobs_and_a_rerun_finishes_the_rest(world, tmp_path, capsys):
     """Fails if SIGINT to the sweep does not reach the running CLI (no saved state), if the sweep
-    does not wait for it and exit 130, or if the rerun does not resume it and finish the rest."""
+    does not wait for it and exit 130, if `status` does not show the running job with its pid, or
+    if the rerun does not resume it and finish the rest."""
     runs = tmp_path / "runs"
     argv = [sys.executable, "-m", "glora.sweep", str(world / "plan.yaml"), "--runs", str(runs), "--tasks",
             "eurosat", "--methods", "glora", "--supernet-args", "--epochs 60 --eval-every 60", "--no-report"]
@@ -285,6 +295,9 @@ def test_ctrl_c_saves_running_jobs_and_a_rerun_finishes_the_rest(world, tmp_path
     deadline = time.time() + 120
     while not ckpt.is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    code, out = sweep(capsys, "status", *argv[3:])
+    assert code == 0 and out.splitlines()[0].startswith("running  eurosat/val/supernet      pid "), out
+    assert out.splitlines()[1:] == ["todo     eurosat/val/glora_0.006M", f"status: 2 jobs under {runs}: 1 running, 1 todo"]
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the sweep (the jobs run in their own process groups)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
