@@ -3,6 +3,7 @@ finished, run the rest locally (GPU slots or CPU processes) or on Slurm, then wr
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
 import subprocess
@@ -21,6 +22,8 @@ from glora.sweep.plan import (LIST_KEYS, SECTIONS, PlanError, build_plan, merge,
 from glora.sweep.status import Board, elapsed, status_lines, summary
 
 BACKENDS = ("local", "slurm")
+# What writing on a full, read-only or otherwise refusing disk raises.
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 SLURM_OPTIONS = ("partition", "time", "gpus", "cpus", "mem", "parallelism", "account", "no_wait")
 
 
@@ -181,6 +184,16 @@ def cli(argv: Sequence[str] | None = None) -> None:
         command, argv = status, argv[1:]
     args = get_args_parser("python -m glora.sweep status" if command is status else "python -m glora.sweep"
                            ).parse_args(argv)
-    with one_line_errors():
-        code = command(args)
+    try:
+        with one_line_errors():
+            code = command(args)
+            sys.stdout.flush()
+    except OSError as err:
+        if err.errno not in WRITE_ERRORS:
+            raise
+        # The sweep's own output (its standard output, a file it writes) on a full or read-only disk.
+        # What stdout still holds cannot be written either: drop it, so that exiting does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        where = err.filename or "its output (standard output)"
+        raise SystemExit(f"error: the sweep cannot write {where}: {err.strerror or err}") from None
     sys.exit(code)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from glora.errors import OutputError
 from glora.sweep.jobs import Job, finished, in_use_by, job_environment
 from glora.sweep.status import FAILED_MARK, Board, last_line
 
@@ -31,10 +32,16 @@ class Running:
 
 def launch(job: Job, env: dict[str, str], prefix: str = "", **popen) -> tuple[subprocess.Popen, IO]:
     """Start a job's CLI in its own process group, its output appended to its log after a header line."""
-    job.log.parent.mkdir(parents=True, exist_ok=True)
-    log = open(job.log, "a")
-    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {prefix}{shlex.join(job.command())}\n")
-    log.flush()
+    header = f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {prefix}{shlex.join(job.command())}\n"
+    log = None
+    try:
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        log = open(job.log, "ab", buffering=0)  # unbuffered: nothing left to fail again at exit
+        log.write(header.encode())
+    except OSError as err:  # a full or read-only disk: this job cannot run, the sweep goes on
+        if log is not None:
+            log.close()
+        raise OutputError(f"not started: cannot write its log {job.log}: {err.strerror or err}") from None
     # Its own process group: a Ctrl-C at the terminal reaches the sweep only, which forwards it once.
     proc = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=env, start_new_session=True, **popen)
@@ -85,7 +92,11 @@ class LocalBackend:
         gpu = self.slots[slot]
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        proc, log = launch(job, env, f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else "")
+        try:
+            proc, log = launch(job, env, f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else "")
+        except OutputError as err:
+            self.board.finish(job, "failed", str(err))
+            return
         self.running.append(Running(job, proc, log, slot))
         self.board.start(job, f"gpu {gpu}" if gpu is not None else "")
 

@@ -53,7 +53,10 @@ class NodeCall:
         # USR2 waits until the waiter runs, so the hook always finds a CLI and an event to wait on.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
         try:
-            self.proc, log = launch(job, env, preexec_fn=_cli_ignores_usr2)
+            try:
+                self.proc, log = launch(job, env, preexec_fn=_cli_ignores_usr2)
+            except OutputError as err:
+                self._fail(job, str(err))
             threading.Thread(target=self._wait, daemon=True).start()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})

@@ -45,6 +45,18 @@ class Board:
         self.started: dict[str, float] = {}
         self.where: dict[str, str] = {}
         self._drawn, self._last = 0, 0.0
+        self.silenced: OSError | None = None  # set when the stream cannot be written (a full disk)
+
+    def _emit(self, text: str, flush: bool = False) -> None:
+        """Write to the stream; one that cannot take it silences the board, not the sweep."""
+        if self.silenced is not None:
+            return
+        try:
+            self.stream.write(text)
+            if flush:
+                self.stream.flush()
+        except OSError as err:
+            self.silenced = err
 
     def note(self, text: str) -> None:
         """A line above the live table (or just a line)."""
@@ -52,7 +64,7 @@ class Board:
 
     def _write(self, text: str) -> None:
         self._clear()
-        self.stream.write(text + "\n")
+        self._emit(text + "\n", flush=not self.live)
         self.refresh(force=True)
 
     def start(self, job: Job, where: str = "") -> None:
@@ -88,18 +100,17 @@ class Board:
             return
         self._clear()
         rows = self.table()
-        self.stream.write("\n".join(rows) + "\n")
-        self.stream.flush()
+        self._emit("\n".join(rows) + "\n", flush=True)
         self._drawn, self._last = len(rows), time.time()
 
     def _clear(self) -> None:
         if self.live and self._drawn:
-            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")  # up to the table's first line, clear below
+            self._emit(f"\x1b[{self._drawn}F\x1b[J")  # up to the table's first line, clear below
             self._drawn = 0
 
     def close(self) -> None:
         self._clear()
-        self.stream.flush()
+        self._emit("", flush=True)
 
 
 def summary(jobs: dict[str, Job]) -> list[str]:

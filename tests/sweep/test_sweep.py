@@ -342,3 +342,24 @@ def test_a_job_whose_input_changed_is_never_done(world, tmp_path, capsys):
     code, out = sweep(capsys, *base, "--train-args", "--epochs 2")
     assert code == 0 and "sweep: 2 jobs: 2 done (1 already finished)" in out, out
     assert json.loads((export / "results.json").read_text())["supernet_epochs"] == 2
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(world, tmp_path, capsys):
+    """Fails if the sweep's own writes on a full disk end in a traceback: its standard output (the
+    plan printed by --dry-run, the board), or a job's log, which fails that job alone in one line
+    while the other task's jobs run."""
+    with open("/dev/full", "w") as full:  # every write: No space left on device
+        res = subprocess.run([sys.executable, "-m", "glora.sweep", str(world / "plan.yaml"), "--runs",
+                              str(tmp_path / "r"), "--dry-run"], cwd=REPO, stdout=full, stderr=subprocess.PIPE,
+                             text=True)
+    assert res.returncode == 1
+    assert res.stderr == "error: the sweep cannot write its output (standard output): No space left on device\n"
+    runs = tmp_path / "runs"
+    log = runs / "eurosat" / "val" / "linear_probe" / "train.log"
+    log.parent.mkdir(parents=True)
+    log.symlink_to("/dev/full")
+    code, out = sweep(capsys, str(world / "plan.yaml"), "--runs", str(runs), "--methods", "linear_probe", "--no-report")
+    assert code == 1 and "sweep: 4 jobs: 2 done, 1 failed, 1 skipped" in out, out
+    assert f"FAILED eurosat/val/linear_probe/train: not started: cannot write its log {log}: No space left on " \
+           "device" in out
+    assert (runs / "patch_camelyon" / "val" / "linear_probe" / "results.json").is_file()
