@@ -162,7 +162,8 @@ def test_missing_plan_file_from_the_shell_prints_one_line(tmp_path):
     """Fails if the process prints a traceback instead of the one-line error."""
     res = subprocess.run([sys.executable, "-m", "glora.sweep", str(tmp_path / "nope.yaml")], cwd=REPO,
                          capture_output=True, text=True)
-    assert res.returncode == 1 and res.stderr == f"error: plan file not found: {tmp_path / 'nope.yaml'}\n"
+    assert res.returncode == 1 and res.stderr == f"error: plan file not found: {tmp_path / 'nope.yaml'} " \
+        "(nor a shipped plan: demo, mini_vtab, study, vtab)\n"
 
 
 def test_live_table_counts_and_redraws_in_place():
