@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from glora.errors import OutputError
+from glora.errors import GLoRAError, OutputError, one_line
 from glora.sweep.jobs import IMPORT_ROOT, KINDS, Job, finished
 from glora.sweep.local import append_line, launch
 from glora.sweep.plan import PlanError
@@ -46,9 +46,13 @@ class NodeCall:
 
     def __call__(self, job: Job, deps: list[Job]) -> str:
         self.exited = threading.Event()
-        missing = [d for d in deps if not finished(d)]
-        if missing:
-            self._fail(job, f"not run: needs {missing[0].name}, which did not finish (log {missing[0].log})")
+        for dep in deps:  # afterany starts this task whatever became of them
+            try:
+                ready = finished(dep)
+            except GLoRAError as err:  # finished with other settings, or made from a changed input
+                self._fail(job, f"not run: needs {dep.name}: {one_line(err)}")
+            if not ready:
+                self._fail(job, f"not run: needs {dep.name}, which did not finish (log {dep.log})")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         # USR2 waits until the waiter runs, so the hook always finds a CLI and an event to wait on.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
