@@ -1,6 +1,6 @@
 """Verify a VTAB-1k data tree in the NOAH layout: list files, label ranges, readable images.
 
-    python -m vtab.check [--data-path data/vtab-1k] [--quick] [--strict] [task ...]
+    python -m vtab.check [--data-path data/vtab-1k] [--quick] [--strict] [task|selection ...]
 
 With no task names, every task folder present under --data-path is checked. Prints one row per
 task (samples per split) and then every problem and warning, one per line.
@@ -23,7 +23,7 @@ from .dataset import README_HINT, SPLITS, read_list, task_dir
 from .images import not_regular, open_rgb
 from glora.errors import GLoRAError, one_line
 
-from .tasks import TASKS, DataError, TaskInfo, resolve_task
+from .tasks import TASKS, DataError, TaskInfo, resolve_task, select_tasks
 
 # VTAB-1k sizes; the test split differs per task, so it has no expected size.
 EXPECTED_COUNTS = {"train800": 800, "val200": 200, "train800val200": 1000}
@@ -148,7 +148,7 @@ def format_table(reports: Sequence[TaskReport]) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     """Command-line arguments of ``python -m vtab.check``."""
     p = argparse.ArgumentParser(prog="python -m vtab.check", description=__doc__.split("\n")[0])
-    p.add_argument("tasks", nargs="*", type=str, help="task names or aliases (default: all found)")
+    p.add_argument("tasks", nargs="*", type=str, help="task names, aliases or all, natural, specialized, structured, mini (default: all found)")
     p.add_argument("--data-path", type=Path, default=Path("data/vtab-1k"))
     p.add_argument("--quick", action="store_true", help="only check that image files exist")
     p.add_argument("--strict", action="store_true", help="treat warnings as problems")
@@ -162,7 +162,8 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         if args.tasks:
-            tasks, notes = [resolve_task(t) for t in args.tasks], []
+            # the sweep's own task selection: names, aliases and all, natural, ..., mini
+            tasks, notes = [resolve_task(t) for t in select_tasks(args.tasks)], []
         else:
             tasks, notes = find_tasks(args.data_path)
         reports = [check_task(args.data_path, info, args.quick, args.workers,

@@ -3,6 +3,7 @@ finished, run the rest locally (GPU slots or CPU processes) or on Slurm, then wr
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
 import subprocess
@@ -18,20 +19,23 @@ from glora.sweep.local import LocalBackend, slots_for
 from glora.sweep.slurm import SlurmBackend, describe
 from glora.sweep.plan import (LIST_KEYS, SECTIONS, PlanError, build_plan, merge, parse_flag_string,
                               read_plan_file)
-from glora.sweep.status import Board, elapsed, summary
+from glora.sweep.status import Board, elapsed, status_lines, summary
 
 BACKENDS = ("local", "slurm")
+# What writing on a full, read-only or otherwise refusing disk raises.
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 SLURM_OPTIONS = ("partition", "time", "gpus", "cpus", "mem", "parallelism", "account", "no_wait")
 
 
-def get_args_parser() -> argparse.ArgumentParser:
+def get_args_parser(prog: str = "python -m glora.sweep") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m glora.sweep", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Expand a plan into calls of supernet.py and evolution.py, skip what is finished,\n"
                     "run the rest locally or on Slurm, then write the report.",
         epilog="examples:\n  python -m glora.sweep configs/vtab.yaml --gpus 0,1 --jobs-per-gpu 3\n"
                "  python -m glora.sweep configs/vtab.yaml --tasks natural --methods glora lora --seeds 1 2 3\n"
-               "  python -m glora.sweep configs/vtab.yaml --backend slurm --slurm-gpus 1 --dry-run")
+               "  python -m glora.sweep configs/vtab.yaml --backend slurm --slurm-gpus 1 --dry-run\n"
+               "  python -m glora.sweep status configs/vtab.yaml   (per job: done, running, queued, failed, todo)")
     p.add_argument("plan", nargs="?", default=None, help="YAML plan (configs/*.yaml); options override it")
     what = p.add_argument_group("what to run (override the plan)")
     what.add_argument("--runs", default=None, metavar="DIR", help="output root (default runs/vtab)")
@@ -147,7 +151,8 @@ def main(args: argparse.Namespace) -> int:
     if args.backend == "slurm":
         completed = SlurmBackend(args, plan.runs).run(jobs)
         if args.slurm_no_wait:
-            print("slurm: submitted; run the same command again to see what finished and write the report")
+            print("slurm: submitted; `python -m glora.sweep status` with the same plan and options shows where each "
+                  "job is; run the same command again to see what finished and write the report")
             return 0
     else:
         board = Board(jobs)
@@ -163,9 +168,34 @@ def main(args: argparse.Namespace) -> int:
     return 1 if any(j.state in ("failed", "skipped") for j in jobs.values()) else 0
 
 
+def status(args: argparse.Namespace) -> int:
+    """``status PLAN [options]``: where each job of the plan is (done, running, queued, failed, todo)."""
+    plan = plan_from(args)
+    jobs, targets = build_jobs(plan)
+    mark_finished(jobs, targets)
+    print("\n".join(status_lines(jobs, plan.runs)))
+    return 0
+
+
 def cli(argv: Sequence[str] | None = None) -> None:
-    """Parse, run, and turn the expected failures (a bad plan, ...) into one line."""
-    args = get_args_parser().parse_args(argv)
-    with one_line_errors():
-        code = main(args)
+    """Parse, run (or show the status: ``status PLAN ...``), and turn the expected failures (a bad
+    plan, ...) into one line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = main
+    if argv[:1] == ["status"]:
+        command, argv = status, argv[1:]
+    args = get_args_parser("python -m glora.sweep status" if command is status else "python -m glora.sweep"
+                           ).parse_args(argv)
+    try:
+        with one_line_errors():
+            code = command(args)
+            sys.stdout.flush()
+    except OSError as err:
+        if err.errno not in WRITE_ERRORS:
+            raise
+        # The sweep's own output (its standard output, a file it writes) on a full or read-only disk.
+        # What stdout still holds cannot be written either: drop it, so that exiting does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        where = err.filename or "its output (standard output)"
+        raise SystemExit(f"error: the sweep cannot write {where}: {err.strerror or err}") from None
     sys.exit(code)

@@ -27,14 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import glora
+from glora.sweep.chain import check_inputs
 from glora.sweep.pick import chosen_lr, pick_command
-from glora.sweep.plan import GLORA_METHODS, TRAIN_METHODS, Plan, base_method, cli_module
+from glora.sweep.plan import GLORA_METHODS, TRAIN_METHODS, Plan, base_method, budget_text, cli_module
 
 KINDS = ("supernet", "search", "train", "export")
 SCRIPTS = {"supernet": "supernet", "search": "evolution", "train": "supernet", "export": "evolution"}
 # States: waiting -> running -> done | failed | interrupted; skipped: a dependency did not finish;
-# unneeded: not finished, but everything that needs it is.
-STATES = ("done", "running", "failed", "interrupted", "skipped", "waiting", "unneeded")
+# unneeded: not finished, but everything that needs it is; queued: in Slurm's queue from an earlier sweep.
+STATES = ("done", "running", "queued", "failed", "interrupted", "skipped", "waiting", "unneeded")
 # Where this process imports glora from (a checkout or site-packages): jobs import the same code.
 IMPORT_ROOT = Path(glora.__file__).resolve().parents[1]
 
@@ -113,8 +114,8 @@ class _Builder:
     def glora(self, base: Path, task: str, seed, protocol: str, budget: float) -> tuple[Job, Job]:
         shared = "paper" if protocol == "paper" else "val"
         supernet = self.add("supernet", base / shared / "supernet", task, seed, shared, [], [], "glora")
-        search = self.add("search", base / shared / f"glora_{budget:g}M", task, seed, shared,
-                          ["--load_path", str(supernet.out), "--param-limits", f"{budget:g}"], [supernet],
+        search = self.add("search", base / shared / f"glora_{budget_text(budget)}M", task, seed, shared,
+                          ["--load_path", str(supernet.out), "--param-limits", budget_text(budget)], [supernet],
                           "glora")
         return supernet, search
 
@@ -132,7 +133,7 @@ class _Builder:
 
     def trained(self, base: Path, task: str, seed, protocol: str, method: str, budget: float | None,
                 lr: float | None = None, picked_from: dict[float, Job] | None = None) -> Job:
-        name = method if budget is None else f"{method}_{budget:g}M"
+        name = method if budget is None else f"{method}_{budget_text(budget)}M"
         folder = base / protocol / (name if lr is None else f"{name}_lr{lr:g}")
         extra, deps = list(TRAIN_METHODS[base_method(method)]), list((picked_from or {}).values())
         if method in GLORA_METHODS:
@@ -168,18 +169,29 @@ def build_jobs(plan: Plan) -> tuple[dict[str, Job], list[str]]:
 
 
 def finished(job: Job) -> str | None:
-    """The CLI's own answer (``completed(args)``, what ``--resume auto`` checks): a line if done."""
+    """The CLI's own answer (``completed``, what ``--resume auto`` checks): a line if done, once the
+    output is also checked against what it was made from (StaleError if that changed)."""
     argv = job.resolved_argv()
     if argv is None:  # its lr is not picked yet: it cannot have run
         return None
     module = cli_module(job.script)
-    return module.completed(module.settings_from(argv))
+    settings = module.settings_from(argv)
+    note = module.completed(settings)
+    if note:
+        check_inputs(job.script, settings)
+    return note
 
 
 def in_use_by(job: Job) -> str | None:
     """The pid of a run holding the job's output folder (its CLI's own lock), or None."""
     module = cli_module(job.script)
     return module.output_folder(module.settings_from(job.argv)).holder()
+
+
+def has_outputs(job: Job) -> bool:
+    """Does the job's folder hold any output of its CLI (finished or not)?"""
+    module = cli_module(job.script)
+    return bool(module.output_folder(module.settings_from(job.argv)).held_outputs())
 
 
 def mark_finished(jobs: dict[str, Job], targets: list[str]) -> None:
@@ -193,7 +205,10 @@ def mark_finished(jobs: dict[str, Job], targets: list[str]) -> None:
         except Exception as err:  # noqa: BLE001 - e.g. "finished with other settings": a job failure
             job.state, job.note = "failed", f"{type(err).__name__}: {err}"
             continue
-        if note:
+        # Not done while an input is still to be finished over what it holds (or failed): once it
+        # is finished, the output is checked against it (finished() raises StaleError if it changed).
+        # An input that is simply gone (deleted to save space) is not made again for it.
+        if note and not any(jobs[d].state != "done" and has_outputs(jobs[d]) for d in job.deps):
             job.state, job.note = "done", note
     needed: set[str] = set()
     stack = [t for t in targets if jobs[t].state != "done"]

@@ -12,10 +12,12 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
+from glora.errors import OutputError
 from glora.sweep.jobs import Job, finished, in_use_by, job_environment
-from glora.sweep.status import Board, last_line
+from glora.sweep.status import FAILED_MARK, Board, last_line
 
 STOPPING_STATES = ("failed", "interrupted", "skipped")
 
@@ -30,14 +32,30 @@ class Running:
 
 def launch(job: Job, env: dict[str, str], prefix: str = "", **popen) -> tuple[subprocess.Popen, IO]:
     """Start a job's CLI in its own process group, its output appended to its log after a header line."""
-    job.log.parent.mkdir(parents=True, exist_ok=True)
-    log = open(job.log, "a")
-    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {prefix}{shlex.join(job.command())}\n")
-    log.flush()
+    header = f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {prefix}{shlex.join(job.command())}\n"
+    log = None
+    try:
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        log = open(job.log, "ab", buffering=0)  # unbuffered: nothing left to fail again at exit
+        log.write(header.encode())
+    except OSError as err:  # a full or read-only disk: this job cannot run, the sweep goes on
+        if log is not None:
+            log.close()
+        raise OutputError(f"not started: cannot write its log {job.log}: {err.strerror or err}") from None
     # Its own process group: a Ctrl-C at the terminal reaches the sweep only, which forwards it once.
     proc = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=env, start_new_session=True, **popen)
     return proc, log
+
+
+def append_line(log: Path, line: str) -> None:
+    """Add a line to a job's log; a full or read-only disk costs only that line."""
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as handle:
+            handle.write(line + "\n")
+    except OSError:
+        pass
 
 
 def slots_for(gpus: list[str], jobs_per_gpu: int, jobs: int) -> list[str | None]:
@@ -74,7 +92,11 @@ class LocalBackend:
         gpu = self.slots[slot]
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        proc, log = launch(job, env, f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else "")
+        try:
+            proc, log = launch(job, env, f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else "")
+        except OutputError as err:
+            self.board.finish(job, "failed", str(err))
+            return
         self.running.append(Running(job, proc, log, slot))
         self.board.start(job, f"gpu {gpu}" if gpu is not None else "")
 
@@ -96,6 +118,8 @@ class LocalBackend:
                 reason = "exited 0 but its outputs are incomplete"
             state = "interrupted" if self.signals else "failed"
             self.board.finish(r.job, state, f"exit {rc}: {reason}" if isinstance(rc, int) else reason)
+            if state == "failed":
+                append_line(r.job.log, FAILED_MARK + r.job.note)  # for `status`
 
     def _next(self, waiting: list[Job], jobs: dict[str, Job]) -> None:
         for job in list(waiting):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import shlex
 from argparse import Action, ArgumentParser
 from dataclasses import dataclass, field
@@ -219,10 +220,17 @@ def _numbers(values: list, kind: type, what: str, ok) -> list:
         except (TypeError, ValueError):
             number = None
         if number is None or not ok(number) or (kind is int and str(v).strip() != str(number)):
-            kind_text = "non-negative integer" if kind is int else "positive number" + (" (M)" if what == "budget" else "")
+            kind_text = "non-negative integer" if kind is int else "finite positive number" + (" (M)" if what == "budget" else "")
             raise PlanError(f"{what} {v!r} is not a {kind_text}")
         out.append(number)
     return list(dict.fromkeys(out))
+
+
+def budget_text(budget: float) -> str:
+    """A budget as written into folder names and --param-limits: short (``0.5``, ``1``) where that
+    is exact, else every digit (``1.0000001``), so two budgets never share a job."""
+    short = f"{budget:g}"
+    return short if float(short) == budget else repr(budget)
 
 
 def read_plan_file(path: str | Path) -> dict[str, Any]:
@@ -254,8 +262,8 @@ def build_plan(raw: Mapping[str, Any], source: str = "plan") -> Plan:
     plan.methods = _choose(as_list(raw.get("methods", plan.methods)), METHODS, "method")
     plan.protocols = _choose(as_list(raw.get("protocols", plan.protocols)), PROTOCOLS, "protocol")
     plan.seeds = _numbers(as_list(raw.get("seeds")), int, "seed", lambda s: s >= 0)
-    plan.lr_grid = _numbers(as_list(raw.get("lr_grid")), float, "lr_grid value", lambda v: v > 0)
-    plan.budgets = _numbers(as_list(raw.get("budgets")), float, "budget", lambda b: b > 0) or \
+    plan.lr_grid = _numbers(as_list(raw.get("lr_grid")), float, "lr_grid value", lambda v: math.isfinite(v) and v > 0)
+    plan.budgets = _numbers(as_list(raw.get("budgets")), float, "budget", lambda b: math.isfinite(b) and b > 0) or \
         [_parser("evolution").get_default("param_limits")]
     for what in ("tasks", "methods", "protocols"):
         if not getattr(plan, what):

@@ -11,18 +11,20 @@ submitit requeues it, so it continues where it stopped.
 """
 from __future__ import annotations
 
-import getpass
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+from glora.errors import GLoRAError, OutputError, one_line
 from glora.sweep.jobs import IMPORT_ROOT, KINDS, Job, finished
-from glora.sweep.local import launch
+from glora.sweep.local import append_line, launch
 from glora.sweep.plan import PlanError
-from glora.sweep.status import Board, last_line
+from glora.sweep.queue import WAITING_CODES, in_queue, queued, read_record, write_record
+from glora.sweep.status import FAILED_MARK, Board, last_line
 
 DEFAULT_TIME_MIN = 1440
 POLL_S = 2.0
@@ -30,40 +32,73 @@ GRACE_S = 30.0
 
 
 class NodeCall:
-    """One array task on a compute node: check the dependencies, run the CLI, fail loudly."""
+    """One array task on a compute node: check the dependencies, run the CLI, fail loudly.
+
+    A thread waits for the CLI; the task's main thread waits for that thread's event. submitit's
+    time-limit hook runs in the main thread, interrupting that wait, so it must not wait on the
+    process itself (``Popen.wait`` holds a lock the interrupted wait already has): it stops the CLI
+    and waits for the same event.
+    """
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
+        self.exited: threading.Event | None = None  # made on the node (submitit pickles this object)
 
     def __call__(self, job: Job, deps: list[Job]) -> str:
-        missing = [d for d in deps if not finished(d)]
-        if missing:
-            self._fail(job, f"not run: needs {missing[0].name}, which did not finish (log {missing[0].log})")
+        self.exited = threading.Event()
+        for dep in deps:  # afterany starts this task whatever became of them
+            try:
+                ready = finished(dep)
+            except GLoRAError as err:  # finished with other settings, or made from a changed input
+                self._fail(job, f"not run: needs {dep.name}: {one_line(err)}")
+            if not ready:
+                self._fail(job, f"not run: needs {dep.name}, which did not finish (log {dep.log})")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        # The CLI must not die of submitit's USR2 warning: this process turns it into SIGINT (save).
-        self.proc, log = launch(job, env, preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
-        rc = self.proc.wait()
+        # USR2 waits until the waiter runs, so the hook always finds a CLI and an event to wait on.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+        try:
+            try:
+                self.proc, log = launch(job, env, preexec_fn=_cli_ignores_usr2)
+            except OutputError as err:
+                self._fail(job, str(err))
+            threading.Thread(target=self._wait, daemon=True).start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
+        self.exited.wait()
         log.close()
+        rc = self.proc.returncode
         done = finished(job) if rc == 0 else None
         if not done:
             self._fail(job, f"exit {rc}: {last_line(job.log)}" if rc else "exited 0 but its outputs are incomplete")
         return done
 
+    def _wait(self) -> None:
+        self.proc.wait()
+        self.exited.set()
+
     @staticmethod
     def _fail(job: Job, reason: str) -> None:
-        job.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(job.log, "a") as handle:
-            handle.write(f"sweep: {reason}\n")
+        append_line(job.log, FAILED_MARK + reason)
         raise RuntimeError(reason)
 
     def checkpoint(self, job: Job, deps: list[Job]):
         """submitit's hook on a time limit or pre-emption: let the CLI save, then requeue this call."""
-        import submitit
+        import submitit  # an optional extra: only a Slurm task gets here
 
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            self.proc.wait()
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)  # the CLI saves its state and exits
+            except ProcessLookupError:
+                pass
+            self.exited.wait()
         return submitit.helpers.DelayedSubmission(NodeCall(), job, deps)
+
+
+def _cli_ignores_usr2() -> None:
+    """In the CLI's process: USR2 (Slurm's warning, sent to every process of the task) is ignored;
+    the task turns it into SIGINT, on which the CLI saves."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
 
 
 def arrays(jobs: dict[str, Job]) -> list[tuple[str, list[Job], list[str]]]:
@@ -107,37 +142,46 @@ def describe(jobs: dict[str, Job], args) -> None:
         print(f"slurm array {label}: {len(group)} task(s)" + (f", afterany: {'; '.join(after)}" if after else ""))
 
 
-def queued() -> dict[str, str] | None:
-    """Slurm job id (123_4 for an array task) -> state code (PD, R, ...) of this user's jobs;
-    None when squeue fails (a busy controller: ask again at the next poll)."""
-    out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %t"],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        return None
-    return dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
-
-
 class SlurmBackend:
-    """Submit the waiting jobs as arrays; by default wait for them, showing their states."""
+    """Submit the waiting jobs as arrays (not those still queued from an earlier submission); by
+    default wait for them all, showing their states."""
 
     def __init__(self, args, runs: Path, board: Board | None = None):
         self.args, self.runs, self.board = args, runs, board
         self.stop = False
 
-    def submit(self, jobs: dict[str, Job]) -> list[tuple[Job, object]]:
+    def adopt(self, jobs: dict[str, Job]) -> dict[str, dict]:
+        """The waiting jobs an earlier sweep submitted that are still queued or running: marked so,
+        and not submitted again."""
+        live = in_queue({n: j for n, j in jobs.items() if j.state == "waiting"}, self.runs)
+        for name, (slurm_id, code) in live.items():
+            jobs[name].state = "queued" if code in WAITING_CODES else "running"
+            jobs[name].note = f"slurm {slurm_id}"
+        if live:
+            ids = sorted({i.split("_")[0] for i, _ in live.values()})
+            print(f"slurm: {len(live)} job(s) already queued or running (arrays {' '.join(ids)}); "
+                  "not submitted again")
+        record = read_record(self.runs)
+        return {name: record[name] for name in live}
+
+    def submit(self, jobs: dict[str, Job], live: dict[str, dict]) -> dict[str, dict]:
+        """Submit the waiting jobs; job name -> {"id", "stderr", "result"} of each, also recorded in RUNS."""
         try:
             import submitit
         except ImportError:
             raise PlanError("--backend slurm needs submitit (pip install -r requirements.txt)") from None
-        if shutil.which("sbatch") is None:
+        groups = arrays(jobs)
+        if groups and shutil.which("sbatch") is None:
             raise PlanError("--backend slurm: sbatch not found (run the sweep where Slurm's commands are)")
         executor = submitit.SlurmExecutor(folder=self.runs.resolve() / ".submitit" / "%j")
-        submitted, ids = [], {}
-        for label, group, after in arrays(jobs):
+        submitted, ids = {}, {}
+        for label, group, after in groups:
             params = parameters(self.args)
-            if after:
+            # After the arrays it needs, and after the tasks of earlier submissions it needs.
+            earlier = sorted({live[d]["id"] for j in group for d in j.deps if d in live})
+            if after or earlier:
                 params["additional_parameters"] = {**params["additional_parameters"],
-                                                   "dependency": "afterany:" + ":".join(ids[a] for a in after)}
+                                                   "dependency": "afterany:" + ":".join([ids[a] for a in after] + earlier)}
             executor.update_parameters(**params)
             try:
                 handles = executor.map_array(NodeCall(), group, [[jobs[d] for d in j.deps] for j in group])
@@ -147,7 +191,14 @@ class SlurmBackend:
                 raise PlanError(f"sbatch refused the {label} array: {lines[-1] if lines else err}{before}") from None
             ids[label] = handles[0].job_id.split("_")[0]
             print(f"slurm: submitted array {ids[label]} ({label}: {len(group)} task(s))")
-            submitted += list(zip(group, handles))
+            entries = {j.name: {"id": h.job_id, "stderr": str(h.paths.stderr), "result": str(h.paths.result_pickle)}
+                       for j, h in zip(group, handles)}
+            submitted.update(entries)
+            try:
+                write_record(self.runs, entries)
+            except OutputError as err:
+                raise OutputError(f"{err}; arrays {' '.join(ids.values())} are submitted and run (scancel stops "
+                                  "them), but a rerun cannot tell they are queued") from None
         return submitted
 
     def _on_signal(self, signum, frame) -> None:
@@ -155,24 +206,22 @@ class SlurmBackend:
 
     def run(self, jobs: dict[str, Job]) -> bool:
         """Submit, then wait (unless --slurm-no-wait); True unless the wait was interrupted."""
-        pending = self.submit(jobs)
+        live = self.adopt(jobs)
+        pending = {**live, **self.submit(jobs, live)}
         if self.args.slurm_no_wait or not pending:
             return True
         board = self.board or Board(jobs)
+        for name in live:
+            if jobs[name].state == "running":
+                board.start(jobs[name], f"slurm {live[name]['id']}")
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        gone: dict[str, float] = {}  # job id -> when it left the queue without a result yet
+        gone: dict[str, float] = {}  # job name -> when it left the queue without a result yet
         try:
             while pending and not self.stop:
                 states = queued()
-                for job, handle in list(pending) if states is not None else []:
-                    state = states.get(handle.job_id)
-                    if state == "R" and job.state == "waiting":
-                        board.start(job, f"slurm {handle.job_id}")
-                    left = gone.setdefault(handle.job_id, time.time()) if state is None else None
-                    # A shared file system may show the result a little after the job ends.
-                    if handle.paths.result_pickle.exists() or (left is not None and time.time() - left > GRACE_S):
-                        pending.remove((job, handle))
-                        self._collect(job, handle, jobs, board)
+                for name, entry in list(pending.items()) if states is not None else []:
+                    if self._over(jobs[name], entry, states.get(entry["id"]), gone, board):
+                        del pending[name]
                 board.refresh()
                 time.sleep(POLL_S)
         finally:
@@ -180,20 +229,38 @@ class SlurmBackend:
                 signal.signal(s, handler)
             board.close()
         if self.stop:
-            ids = sorted({h.job_id.split("_")[0] for _, h in pending})
+            ids = sorted({entry["id"].split("_")[0] for entry in pending.values()})
             print(f"slurm: stopped waiting; the jobs keep running (scancel {' '.join(ids)} stops them); "
                   "run the sweep again to see them finish")
         return not self.stop
 
     @staticmethod
-    def _collect(job: Job, handle, jobs: dict[str, Job], board: Board) -> None:
-        if handle.paths.result_pickle.exists() and handle.exception() is None:
+    def _over(job: Job, entry: dict, code: str | None, gone: dict[str, float], board: Board) -> bool:
+        """Collect a job once it has left Slurm's queue; True when it is collected.
+
+        While Slurm lists it (queued, running, requeued by ``scontrol requeue`` or after a time
+        limit), it is not over, whatever a result file of an earlier attempt says."""
+        if code is not None:
+            gone.pop(job.name, None)
+            if code not in WAITING_CODES and job.state != "running":
+                board.start(job, f"slurm {entry['id']}")
+            return False
+        left = gone.setdefault(job.name, time.time())
+        try:
+            note = finished(job)
+        except Exception as err:  # noqa: BLE001 - e.g. stale or other settings: this job's failure
+            board.finish(job, "failed", f"{type(err).__name__}: {err}")
+            return True
+        if note:
             board.finish(job, "done")
-            return
-        blocked = next((jobs[d] for d in job.deps if jobs[d].state != "done"), None)
+            return True
+        # A shared file system may show the outputs a little after the job ends.
+        if not Path(entry.get("result", "")).is_file() and time.time() - left < GRACE_S:
+            return False
+        blocked = next((d for d in job.deps if d in board.jobs and board.jobs[d].state != "done"), None)
         if blocked is not None:
-            board.finish(job, "skipped", f"needs {blocked.name} ({blocked.state})")
-            return
-        reason = last_line(job.log) if job.log.is_file() else ""
-        board.finish(job, "failed", reason.removeprefix("sweep: ") or
-                     f"no result from Slurm job {handle.job_id}; see {handle.paths.stderr}")
+            board.finish(job, "skipped", f"needs {blocked} ({board.jobs[blocked].state})")
+            return True
+        reason = last_line(job.log).removeprefix(FAILED_MARK) if job.log.is_file() else ""
+        board.finish(job, "failed", reason or f"no result from Slurm job {entry['id']}; see {entry['stderr']}")
+        return True

@@ -8,9 +8,12 @@ from collections import Counter
 from pathlib import Path
 from typing import TextIO
 
-from glora.sweep.jobs import KINDS, STATES, Job
+from glora.sweep.jobs import KINDS, STATES, Job, in_use_by
+from glora.sweep.queue import WAITING_CODES, in_queue
 
-COLUMNS = ("done", "running", "failed", "waiting", "skipped", "interrupted")
+COLUMNS = ("done", "running", "queued", "failed", "waiting", "skipped", "interrupted")
+# The line the sweep appends to a job's log when the job failed (`status` reads it back).
+FAILED_MARK = "sweep: failed: "
 
 
 def last_line(path: Path, limit: int = 300) -> str:
@@ -42,6 +45,18 @@ class Board:
         self.started: dict[str, float] = {}
         self.where: dict[str, str] = {}
         self._drawn, self._last = 0, 0.0
+        self.silenced: OSError | None = None  # set when the stream cannot be written (a full disk)
+
+    def _emit(self, text: str, flush: bool = False) -> None:
+        """Write to the stream; one that cannot take it silences the board, not the sweep."""
+        if self.silenced is not None:
+            return
+        try:
+            self.stream.write(text)
+            if flush:
+                self.stream.flush()
+        except OSError as err:
+            self.silenced = err
 
     def note(self, text: str) -> None:
         """A line above the live table (or just a line)."""
@@ -49,7 +64,7 @@ class Board:
 
     def _write(self, text: str) -> None:
         self._clear()
-        self.stream.write(text + "\n")
+        self._emit(text + "\n", flush=not self.live)
         self.refresh(force=True)
 
     def start(self, job: Job, where: str = "") -> None:
@@ -85,18 +100,17 @@ class Board:
             return
         self._clear()
         rows = self.table()
-        self.stream.write("\n".join(rows) + "\n")
-        self.stream.flush()
+        self._emit("\n".join(rows) + "\n", flush=True)
         self._drawn, self._last = len(rows), time.time()
 
     def _clear(self) -> None:
         if self.live and self._drawn:
-            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")  # up to the table's first line, clear below
+            self._emit(f"\x1b[{self._drawn}F\x1b[J")  # up to the table's first line, clear below
             self._drawn = 0
 
     def close(self) -> None:
         self._clear()
-        self.stream.flush()
+        self._emit("", flush=True)
 
 
 def summary(jobs: dict[str, Job]) -> list[str]:
@@ -111,3 +125,36 @@ def summary(jobs: dict[str, Job]) -> list[str]:
             log = f"; log {job.log}" if job.log.is_file() else ""
             lines.append(f"  {job.state.upper() if job.state == 'failed' else job.state} {job.name}: {job.note}{log}")
     return lines
+
+
+def current_states(jobs: dict[str, Job], runs: Path) -> list[tuple[Job, str, str]]:
+    """(job, state, detail) per job, as ``status`` shows it: done; running (Slurm id or pid);
+    queued (Slurm id); failed (why: its settings, stale inputs, or its log's last line); todo."""
+    live = in_queue(jobs, runs)
+    rows = []
+    for name, job in jobs.items():
+        line = last_line(job.log)
+        if job.state == "done":
+            rows.append((job, "done", ""))
+        elif name in live:
+            slurm_id, code = live[name]
+            rows.append((job, "queued" if code in WAITING_CODES else "running", f"slurm {slurm_id}"))
+        elif (holder := in_use_by(job)) is not None:
+            rows.append((job, "running", f"pid {holder}"))
+        elif job.state == "failed":
+            rows.append((job, "failed", job.note))
+        elif line.startswith(FAILED_MARK):
+            rows.append((job, "failed", line.removeprefix(FAILED_MARK)))
+        else:
+            rows.append((job, "todo", ""))
+    return rows
+
+
+def status_lines(jobs: dict[str, Job], runs: Path) -> list[str]:
+    """One line per job (state, name, detail), then the totals."""
+    rows = current_states(jobs, runs)
+    width = max((len(job.name) for job, _, _ in rows), default=0)
+    lines = [f"{state:<8} {job.name:<{width}}  {detail}".rstrip() for job, state, detail in rows]
+    counts = Counter(state for _, state, _ in rows)
+    totals = ", ".join(f"{counts[s]} {s}" for s in ("done", "running", "queued", "failed", "todo") if counts[s])
+    return lines + [f"status: {len(rows)} jobs under {runs}: {totals}"]

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -108,30 +107,118 @@ def test_slurm_dry_run_prints_the_arrays(tmp_path):
                      "train (after supernet, search)"]
 
 
+# What submitit does on a compute node when Slurm warns of the time limit or pre-emption (USR2): its
+# signal handler, in the task's main thread, calls the hook, requeues the task and exits.
+TIME_LIMIT = """
+import os, signal, sys, threading, time
+from glora.sweep.cli import get_args_parser, plan_from
+from glora.sweep.jobs import build_jobs
+from glora.sweep.slurm import NodeCall
+
+jobs, _ = build_jobs(plan_from(get_args_parser().parse_args(sys.argv[1:])))
+job, call = jobs["eurosat/seed3/val/supernet"], NodeCall()
+
+def on_usr2(signum, frame):
+    requeued = call.checkpoint(job, [])
+    print("requeue", type(requeued.function).__name__, requeued.args[0].name, flush=True)
+    sys.exit(3)
+
+def warn_once_saved():
+    while not (job.out / "eurosat.pt").is_file():
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGUSR2)
+
+signal.signal(signal.SIGUSR2, on_usr2)
+threading.Thread(target=warn_once_saved, daemon=True).start()
+call(job, [])
+"""
+
+
 def test_node_call_checks_dependencies_and_requeue_hook_resumes(tmp_path):
     """Fails if an array task runs although a job it needs did not finish (Slurm's afterany lets it
-    start), if submitit's time-limit hook does not make the running CLI save its state, or if the
-    requeued call does not continue from it to the finished run."""
+    start), if submitit's time-limit hook, called from the signal handler while the task waits for
+    its CLI, deadlocks (it used to wait on the same Popen) or does not make the CLI save its state,
+    or if the requeued call does not continue from it to the finished run."""
     plan = make_world(tmp_path)
-    args = get_args_parser().parse_args([str(plan), "--runs", str(tmp_path / "r"), "--tasks", "eurosat",
-                                         "--supernet-args", "--epochs 60 --eval-every 60"])
-    jobs, _ = build_jobs(plan_from(args))
+    argv = [str(plan), "--runs", str(tmp_path / "r"), "--tasks", "eurosat",
+            "--supernet-args", "--epochs 60 --eval-every 60"]
+    jobs, _ = build_jobs(plan_from(get_args_parser().parse_args(argv)))
     job = jobs["eurosat/seed3/val/supernet"]
     search = jobs["eurosat/seed3/val/glora_0.006M"]
     with pytest.raises(RuntimeError, match="not run: needs eurosat/seed3/val/supernet, which did not finish"):
         NodeCall()(search, [job])  # afterany started it, but its supernet is not there
-    assert "sweep: not run: needs" in search.log.read_text()
-    call, errors = NodeCall(), []
-    worker = threading.Thread(target=lambda: errors.append(pytest.raises(RuntimeError, call, job, [])))
-    worker.start()
+    assert "sweep: failed: not run: needs" in search.log.read_text()
+    node = subprocess.Popen([sys.executable, "-c", TIME_LIMIT, *argv], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            start_new_session=True)
+    try:
+        out, _ = node.communicate(timeout=300)  # a deadlocked hook never returns
+    finally:
+        os.killpg(node.pid, 9) if node.poll() is None else None
+    assert node.returncode == 3 and "requeue NodeCall eurosat/seed3/val/supernet" in out, out
     ckpt = job.out / "eurosat.pt"
-    deadline = time.time() + 120
-    while not ckpt.is_file() and time.time() < deadline:
-        time.sleep(0.05)
-    requeued = call.checkpoint(job, [])  # what submitit calls on USR2
-    worker.join(60)
-    assert "interrupted in epoch" in str(errors[0].value)
+    assert "interrupted in epoch" in job.log.read_text()
     assert torch.load(ckpt, weights_only=True)["epoch"] < 60
-    assert requeued.args == (job, []) and isinstance(requeued.function, NodeCall)
-    assert requeued.function(*requeued.args).startswith(f"already finished: {ckpt}")
+    assert NodeCall()(job, []).startswith(f"already finished: {ckpt}")  # the requeued call
     assert torch.load(ckpt, weights_only=True)["epoch"] == 60 and "resumed" in job.log.read_text()
+
+
+def squeue_state(slurm: dict, job_id: str) -> str | None:
+    out = subprocess.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%t"], capture_output=True, text=True, env=slurm)
+    return out.stdout.strip() or None
+
+
+def test_slurm_no_wait_status_preemption_and_requeue(slurm, tmp_path):
+    """Fails if a second --slurm-no-wait submits queued jobs again, if `status` does not show them
+    queued or running with their Slurm ids, if Slurm's pre-emption warning (USR2, as before a time
+    limit) deadlocks the task instead of saving and requeueing it, if a task requeued by
+    `scontrol requeue` is reported failed from its first attempt although it then finished, or if
+    either interrupted supernet ends other than an uninterrupted local run."""
+    plan = make_world(tmp_path)
+    runs = tmp_path / "slurm"
+    opts = ("--methods", "glora", "--supernet-args", "--epochs 150 --eval-every 150", "--no-report")
+    first = sweep(plan, runs, slurm, "--backend", "slurm", "--slurm-no-wait", "--slurm-time", "20", "--slurm-cpus", "1",
+                  *opts)
+    assert first.returncode == 0 and first.stdout.count("slurm: submitted array") == 2, first.stdout + first.stderr
+    ids = {name: entry["id"] for name, entry in json.loads((runs / ".slurm_jobs.json").read_text()).items()}
+    supernets = [f"{task}/seed3/val/supernet" for task in TASKS]
+    status = subprocess.run([sys.executable, "-m", "glora.sweep", "status", str(plan), "--runs", str(runs), *opts],
+                            cwd=REPO, capture_output=True, text=True, env=slurm)
+    assert status.returncode == 0, status.stdout + status.stderr
+    rows = {line.split()[1]: (line.split()[0], line.split()[-1]) for line in status.stdout.splitlines()[:-1]}
+    assert status.stdout.splitlines()[-1].startswith(f"status: 4 jobs under {runs}: ")
+    assert {n: r[1] for n, r in rows.items()} == ids
+    assert all(rows[n][0] in ("queued", "running") for n in supernets)
+    assert {rows[f"{task}/seed3/val/glora_0.006M"][0] for task in TASKS} == {"queued"}  # after their supernets
+    again = sweep(plan, runs, slurm, "--backend", "slurm", "--slurm-no-wait", *opts)
+    assert again.returncode == 0 and "submitted array" not in again.stdout, again.stdout + again.stderr
+    assert "slurm: 4 job(s) already queued or running" in again.stdout
+    waiting = subprocess.Popen([sys.executable, "-m", "glora.sweep", str(plan), "--runs", str(runs), "--backend",
+                                "slurm", *opts], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**slurm, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and not all(squeue_state(slurm, ids[n]) == "R" and
+                                             (runs / n / f"{n.split('/')[0]}.pt").is_file() for n in supernets):
+        time.sleep(0.2)
+    # What Slurm sends before a time limit or a pre-emption, then an administrator's requeue.
+    warned = subprocess.run(["scancel", "--signal=USR2", ids[supernets[0]]], env=slurm, capture_output=True, text=True)
+    requeued = subprocess.run(["scontrol", "requeue", ids[supernets[1]]], env=slurm, capture_output=True, text=True)
+    assert warned.returncode == 0 and requeued.returncode == 0, warned.stderr + requeued.stderr
+    out, _ = waiting.communicate(timeout=600)
+    assert waiting.returncode == 0 and "sweep: 4 jobs: 4 done" in out, out
+    assert "FAILED" not in out
+    for name in supernets:
+        log = (runs / f"{name}.log").read_text()
+        assert "resumed" in log.split("=== ")[-1], log
+    local = sweep(plan, tmp_path / "local", os.environ, *opts)
+    assert local.returncode == 0 and "sweep: 4 jobs: 4 done" in local.stdout, local.stdout + local.stderr
+    for task in TASKS:
+        a, b = (torch.load(tmp_path / side / task / "seed3" / "val" / "supernet" / f"{task}.pt", weights_only=True)
+                for side in ("slurm", "local"))
+        assert a["epoch"] == b["epoch"] == 150
+        assert a["state_dict"].keys() == b["state_dict"].keys()
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+        ra, rb = (json.loads((tmp_path / side / task / "seed3" / "val" / "glora_0.006M" / "results.json").read_text())
+                  for side in ("slurm", "local"))
+        assert {k: ra[k] for k in ("test_acc1", "search_acc1", "params")} == \
+            {k: rb[k] for k in ("test_acc1", "search_acc1", "params")}

@@ -17,6 +17,8 @@ from glora.sweep.cli import cli, get_args_parser, plan_from
 from glora.sweep.jobs import Job, build_jobs
 from glora.sweep.status import Board
 from tests.helpers import TINY_VIT_KWARGS, make_noah_task, save_tiny_backbone
+from vtab import mini
+from vtab.check import main as check_main
 from vtab.tasks import GROUPS, MINI_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,6 +103,16 @@ def test_flags_from_the_plan_file_and_the_command_line(tmp_path):
     assert search[-4:] == ["--m_prob", "0.3", "--population-num", "30"]
 
 
+def test_budgets_keep_every_digit(tmp_path):
+    """Fails if budgets are rounded into folder names or --param-limits (1.0000001 and 1.0000002
+    would share one job and one search), or if short budgets lose their short names."""
+    _, jobs, targets = plan_of("--runs", str(tmp_path), "--tasks", "eurosat", "--methods", "glora",
+                               "--budgets", "1.0000001", "1.0000002", "0.5", "2")
+    assert targets == ["eurosat/val/glora_1.0000001M", "eurosat/val/glora_1.0000002M", "eurosat/val/glora_0.5M",
+                       "eurosat/val/glora_2M"]
+    assert [float(arg(jobs[t], "--param-limits")) for t in targets] == [1.0000001, 1.0000002, 0.5, 2.0]
+
+
 @pytest.mark.parametrize("argv, plan, message", [
     (["--tasks", "cifra"], None, "error: unknown task 'cifra'; selections: all, natural,"),
     (["--methods", "lora", "loha"], None, "error: unknown method 'loha'; did you mean 'lora'? methods: glora,"),
@@ -109,7 +121,10 @@ def test_flags_from_the_plan_file_and_the_command_line(tmp_path):
     (["--slurm-partition", "gpu"], None, "error: --slurm-partition: only with --backend slurm"),
     (["--backend", "slurm", "--gpus", "0,1"], None, "error: --gpus, --jobs and --jobs-per-gpu are for the local"),
     (["--gpus", "0", "--jobs", "2"], None, "error: --jobs counts CPU processes; with --gpus use --jobs-per-gpu"),
-    (["--budgets", "1M"], None, "error: budget '1M' is not a positive number (M)"),
+    (["--budgets", "1M"], None, "error: budget '1M' is not a finite positive number (M)"),
+    (["--budgets", "inf"], None, "error: budget 'inf' is not a finite positive number (M)"),
+    (["--budgets", "0.5", "nan"], None, "error: budget 'nan' is not a finite positive number (M)"),
+    ([], {"budgets": [1e400]}, "error: budget inf is not a finite positive number (M)"),
     (["--seeds", "1.5"], None, "error: seed '1.5' is not a non-negative integer"),
     ([], {"method": ["lora"]}, "unknown key 'method' (did you mean 'methods'?); valid keys: runs, tasks,"),
     ([], {"supernet_args": {"epoch": 3}}, "supernet_args: --epoch is not a flag of supernet.py (did you mean --epochs?)"),
@@ -134,6 +149,15 @@ def test_bad_input_is_one_line(tmp_path, argv, plan, message):
     assert message in text and text.startswith("error: ") and "\n" not in text
 
 
+def test_vtab_check_accepts_the_selections_the_sweep_accepts(tmp_path, capsys):
+    """Fails if `python -m vtab.check mini` refuses a selection that `--tasks mini` takes."""
+    mini.build(tmp_path, sizes=(8, 8, 8), progress=False)
+    plan, _, _ = plan_of("--runs", str(tmp_path / "r"), "--tasks", "mini", "--methods", "lora")
+    assert check_main(["--data-path", str(tmp_path), "--no-progress", "--quick", "mini"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:2 + len(MINI_TASKS)]]
+    assert rows == plan.tasks == list(MINI_TASKS)
+
+
 def test_missing_plan_file_from_the_shell_prints_one_line(tmp_path):
     """Fails if the process prints a traceback instead of the one-line error."""
     res = subprocess.run([sys.executable, "-m", "glora.sweep", str(tmp_path / "nope.yaml")], cwd=REPO,
@@ -153,8 +177,8 @@ def test_live_table_counts_and_redraws_in_place():
     board.finish(jobs["b"], "failed", "exit 1: boom")
     text = out.getvalue()
     assert "FAILED  b: exit 1: boom" in text and "\x1b[3F\x1b[J" in text
-    assert board.table()[1:3] == [f"{'supernet':<9}" + "".join(f"{n:>12}" for n in (1, 0, 0, 0, 0, 0)),
-                                  f"{'search':<9}" + "".join(f"{n:>12}" for n in (0, 0, 1, 1, 0, 0))]
+    assert board.table()[1:3] == [f"{'supernet':<9}" + "".join(f"{n:>12}" for n in (1, 0, 0, 0, 0, 0, 0)),
+                                  f"{'search':<9}" + "".join(f"{n:>12}" for n in (0, 0, 0, 1, 1, 0, 0))]
 
 
 # ---------------------------------------------------------------- real tiny sweeps
@@ -248,11 +272,21 @@ def test_a_failing_job_does_not_stop_the_others(world, tmp_path, capsys):
     assert f"FAILED dtd/val/lora/train: exit 1: error: task folder {world}/data/dtd not found" in out
     assert f"; log {log}" in out and "skipped dtd/val/lora: needs dtd/val/lora/train (failed)" in out
     assert "sweep: 4 jobs: 2 done, 1 failed, 1 skipped" in out
+    code, out = sweep(capsys, "status", str(world / "plan.yaml"), "--runs", str(runs), "--tasks", "dtd", "eurosat",
+                      "--methods", "lora", "--no-report")
+    assert code == 0 and out.splitlines() == [
+        f"failed   dtd/val/lora/train      exit 1: error: task folder {world}/data/dtd not found; see data/README.md "
+        "for how to get VTAB-1k",
+        "done     eurosat/val/lora/train",
+        "todo     dtd/val/lora",
+        "done     eurosat/val/lora",
+        f"status: 4 jobs under {runs}: 2 done, 1 failed, 1 todo"]
 
 
-def test_ctrl_c_saves_running_jobs_and_a_rerun_finishes_the_rest(world, tmp_path):
+def test_ctrl_c_saves_running_jobs_and_a_rerun_finishes_the_rest(world, tmp_path, capsys):
     """Fails if SIGINT to the sweep does not reach the running CLI (no saved state), if the sweep
-    does not wait for it and exit 130, or if the rerun does not resume it and finish the rest."""
+    does not wait for it and exit 130, if `status` does not show the running job with its pid, or
+    if the rerun does not resume it and finish the rest."""
     runs = tmp_path / "runs"
     argv = [sys.executable, "-m", "glora.sweep", str(world / "plan.yaml"), "--runs", str(runs), "--tasks",
             "eurosat", "--methods", "glora", "--supernet-args", "--epochs 60 --eval-every 60", "--no-report"]
@@ -262,6 +296,9 @@ def test_ctrl_c_saves_running_jobs_and_a_rerun_finishes_the_rest(world, tmp_path
     deadline = time.time() + 120
     while not ckpt.is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    code, out = sweep(capsys, "status", *argv[3:])
+    assert code == 0 and out.splitlines()[0].startswith("running  eurosat/val/supernet      pid "), out
+    assert out.splitlines()[1:] == ["todo     eurosat/val/glora_0.006M", f"status: 2 jobs under {runs}: 1 running, 1 todo"]
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the sweep (the jobs run in their own process groups)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
@@ -273,3 +310,57 @@ def test_ctrl_c_saves_running_jobs_and_a_rerun_finishes_the_rest(world, tmp_path
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resumed" in (runs / "eurosat" / "val" / "supernet.log").read_text().split("=== ")[-1]
     assert (runs / "eurosat" / "val" / "glora_0.006M" / "results.json").is_file()
+
+
+def test_a_job_whose_input_changed_is_never_done(world, tmp_path, capsys):
+    """Fails if the sweep counts an export done (exit 0) with the result of a training run that
+    the plan no longer describes: after --train-args "--epochs 2" over a finished 1-epoch baseline,
+    or after its checkpoint was trained again by hand; and if moving the stale export aside does
+    not make the sweep export the new checkpoint."""
+    runs = tmp_path / "runs"
+    base = (str(world / "plan.yaml"), "--runs", str(runs), "--tasks", "eurosat", "--methods", "lora", "--no-report")
+    assert sweep(capsys, *base)[0] == 0
+    train, export = runs / "eurosat" / "val" / "lora" / "train", runs / "eurosat" / "val" / "lora"
+    code, out = sweep(capsys, *base, "--train-args", "--epochs 2")
+    assert code == 1 and "sweep: 2 jobs: 1 failed, 1 skipped" in out, out
+    assert f"FAILED eurosat/val/lora/train: exit 1: error: {train}/eurosat.pt was trained with other settings " \
+           "(epochs: 1 -> 2)" in out
+    assert "skipped eurosat/val/lora: needs eurosat/val/lora/train (failed)" in out
+    # The training run made again by hand, as the plan now says: its old export is stale.
+    job = plan_of(*base, "--train-args", "--epochs 2")[1]["eurosat/val/lora/train"]
+    command = job.command()
+    del command[command.index("--resume"):command.index("--resume") + 2]
+    again = subprocess.run([*command, "--overwrite"], cwd=REPO, capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stdout + again.stderr
+    code, out = sweep(capsys, *base, "--train-args", "--epochs 2")
+    assert code == 1 and "sweep: 2 jobs: 1 done (1 already finished), 1 failed" in out, out
+    assert f"FAILED eurosat/val/lora: StaleError: {export}/results.json was made from {train}/eurosat.pt at " \
+           "epoch 1 (sha256 " in out and "which now holds epoch 2 (sha256 " in out
+    assert f"move {export} aside to keep it and run this job on the new input" in out
+    assert json.loads((export / "results.json").read_text())["supernet_epochs"] == 1  # kept
+    (export / "results.json").rename(tmp_path / "results_1_epoch.json")
+    code, out = sweep(capsys, *base, "--train-args", "--epochs 2")
+    assert code == 0 and "sweep: 2 jobs: 2 done (1 already finished)" in out, out
+    assert json.loads((export / "results.json").read_text())["supernet_epochs"] == 2
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(world, tmp_path, capsys):
+    """Fails if the sweep's own writes on a full disk end in a traceback: its standard output (the
+    plan printed by --dry-run, the board), or a job's log, which fails that job alone in one line
+    while the other task's jobs run."""
+    with open("/dev/full", "w") as full:  # every write: No space left on device
+        res = subprocess.run([sys.executable, "-m", "glora.sweep", str(world / "plan.yaml"), "--runs",
+                              str(tmp_path / "r"), "--dry-run"], cwd=REPO, stdout=full, stderr=subprocess.PIPE,
+                             text=True)
+    assert res.returncode == 1
+    assert res.stderr == "error: the sweep cannot write its output (standard output): No space left on device\n"
+    runs = tmp_path / "runs"
+    log = runs / "eurosat" / "val" / "linear_probe" / "train.log"
+    log.parent.mkdir(parents=True)
+    log.symlink_to("/dev/full")
+    code, out = sweep(capsys, str(world / "plan.yaml"), "--runs", str(runs), "--methods", "linear_probe", "--no-report")
+    assert code == 1 and "sweep: 4 jobs: 2 done, 1 failed, 1 skipped" in out, out
+    assert f"FAILED eurosat/val/linear_probe/train: not started: cannot write its log {log}: No space left on " \
+           "device" in out
+    assert (runs / "patch_camelyon" / "val" / "linear_probe" / "results.json").is_file()
