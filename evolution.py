@@ -52,9 +52,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-partial", action="store_true",
                         help="use a checkpoint whose training stopped before its --epochs (warns); "
                              "without it such a checkpoint is refused")
+    parser.add_argument("--sampling", type=str, default="exact", choices=("exact", "repair"),
+                        help="random candidates: exact = uniform over every subnet within the budget "
+                             "(the original's distribution, without its rejection loop); repair = "
+                             "--plain-tries uniform draws, then the last one repaired toward the "
+                             "budget (biased at tight budgets)")
     parser.add_argument("--plain-tries", type=int, default=10,
-                        help="uniform draws before a random candidate is repaired toward the budget "
-                             "(a huge value approximates the original's unbounded rejection sampling)")
+                        help="with --sampling repair: uniform draws before a random candidate is "
+                             "repaired toward the budget")
     return parser
 
 

@@ -190,7 +190,7 @@ def run_search(args, model, search_loader, device, out: Path, state: dict | None
                              crossover_num=args.crossover_num, max_epochs=args.max_epochs,
                              max_params=round(args.param_limits * 1e6),
                              min_params=round(args.min_param_limits * 1e6), seed=args.seed,
-                             plain_tries=args.plain_tries)
+                             plain_tries=args.plain_tries, sampling=args.sampling)
     state_path = out / "search_state.json"
     if state is not None:
         try:
