@@ -61,17 +61,20 @@ class Run:
             self.subnet = load_subnet(args.subnet, self.layer_names, args.rank)
             self.origin = subnet_origin(args.subnet)
             glora.set_subnet(self.model, self.subnet)
-            glora.freeze_unused(self.model)
         elif self.mode == "supernet":
             self.sampler = glora.set_subnet(self.model, None, seed=args.seed)
         self.init = init_from_supernet(self, args.init_from) if args.init_from else {"init": "fresh"}
         self.model.to(device)
+        # A fixed subnet trains exactly the entries it reads (views of partly read tensors), so the
+        # trainable count is its budget count plus the head, and AdamW holds moments for no more.
+        params = (glora.train_read_entries(self.model) if self.mode == "subnet"
+                  else [p for p in self.model.parameters() if p.requires_grad])
         if self.mode != "supernet":  # a sampling supernet changes its graph every step
             compile_fixed(self.model, resolve_compile(args.compile, device))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        # The fused kernel on CUDA: one launch per step instead of one per tensor.
-        self.optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,
-                                           fused=device.type == "cuda")
+        # The fused kernel on CUDA: one launch per step instead of one per tensor. It takes dense
+        # tensors only, which a column view (a vector support's trained entries) is not.
+        fused = device.type == "cuda" and all(p.is_contiguous() for p in params)
+        self.optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, fused=fused)
         # The floor and warm-up start never exceed the peak, so --lr 0 really freezes the weights
         # (the original's absolute 1e-5 / 1e-6 would otherwise lift a smaller lr).
         self.scheduler = CosineLRScheduler(self.optimizer, t_initial=args.epochs,
@@ -173,12 +176,19 @@ def init_from_supernet(run: Run, spec: str) -> dict:
 
 def describe(run: Run, train_images: int) -> str:
     """The line a run starts with: mode, task, split size, layers, trainable parameters, device."""
-    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in trained_tensors(run.optimizer))
     world, batch = run.world, run.args.batch_size
+    what = {"supernet": "all supernet storage + head", "subnet": "the subnet's budget count + head",
+            "full": "the whole model"}[run.mode]
     return (f"{run.mode} on {run.task.name} ({run.splits['train']}: {train_images} images), "
             f"{len(run.layer_names)} GLoRA layers, {trainable:,} trainable parameters "
-            f"(all supernet storage + head), device {run.device}"
+            f"({what}), device {run.device}"
             + (f", {world.size} ranks of {batch // world.size} images per step" if world.size > 1 else ""))
+
+
+def trained_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The tensors a run trains: its optimizer's (for a fixed subnet, views of the read entries)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def load_data(args: argparse.Namespace, run: Run, device: torch.device):
@@ -197,7 +207,7 @@ def fit(run: Run, train_loader, val_loader) -> None:
     """The epoch loop: train, step the schedule, validate every ``eval_every``, checkpoint."""
     args, device, world = run.args, run.device, run.world
     amp = autocast_dtype(args.precision, device)
-    params = [p for p in run.model.parameters() if p.requires_grad]
+    params = trained_tensors(run.optimizer)
     sync = (lambda: average_gradients(params, world)) if world.size > 1 else None
     # The exact state at the start of the current epoch, saved on Ctrl-C (rank 0 writes).
     snapshot = run.payload() if world.main else None
