@@ -27,7 +27,7 @@ from glora.config import (add_common_args, config_dict, differing_settings, give
                           sigterm_as_interrupt, write_yaml)
 from glora.engine import evaluate
 from glora.errors import one_line_errors
-from glora.model import autocast_dtype, resolve_device
+from glora.model import autocast_dtype, resolve_device, set_matmul_numerics
 from glora.checks import check_search
 from glora.outputs import OutputFolder
 from glora.searching import (ADOPTED, budget_limit, eval_loader, export_and_test, make_results, prepare,
@@ -116,6 +116,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> None:
     folder.check(args.resume or auto, args.overwrite)  # writes nothing: a refused run leaves no trace
     seen = folder.held_outputs()
     device = resolve_device(args.device)
+    set_matmul_numerics(args.precision, device)
     torch.manual_seed(args.seed)
     job = prepare(args, device, given)  # checkpoint, model, budget: all checked before data is read
     state = resume_state(out / "search_state.json", job.supernet) if args.resume and job.searching else None

@@ -26,7 +26,7 @@ from glora.config import (add_common_args, config_dict, differing_settings, pars
 from glora.distributed import close, init_world
 from glora.engine import NonFiniteLossError
 from glora.errors import one_line_errors
-from glora.model import resolve_device
+from glora.model import resolve_device, set_matmul_numerics
 from glora.outputs import OutputFolder
 from glora.training import Run, describe, fit, load_data, trim_log
 from vtab.dataset import count_listed
@@ -101,6 +101,7 @@ def main(args: argparse.Namespace) -> None:
     if args.resume and not checkpoint_path(args).is_file():
         raise CheckpointError(f"--resume: checkpoint not found: {checkpoint_path(args)}")
     device = resolve_device(args.device)
+    set_matmul_numerics(args.precision, device)
     world = init_world("nccl" if device.type == "cuda" else "gloo")  # one rank outside torchrun
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
