@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glora.ops import frozen_linear
+from glora.ops import dense_linear, frozen_linear
 from glora.sampler import ChoiceSampler, Plan, plan_of
 from glora.space import parse_option, validate_choice
 
@@ -151,12 +151,12 @@ class GLoRALinear(nn.Module):
         # it is then rounded once, at the scale of b', with the GEMM's fp32 accumulator.
         bias = _sum(self.bias, self._bias_increment(plan))
         lowp = torch.is_autocast_enabled(x.device.type)
-        if plan.A[0] == "lora" and not lowp:  # W0 ⊙ A is full rank: materialise W'
-            return F.linear(x, self._weight_increment(plan, self.weight), bias)
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (T, in)
         if lowp:  # cast once, not once per op that reads it (up to three)
             x2 = x2.to(torch.get_autocast_dtype(x.device.type))
-        if plan.A[0] == "lora":
+        if plan.A[0] == "lora" and not lowp:  # W0 ⊙ A is full rank: materialise W'
+            y = dense_linear(x2, self._weight_increment(plan, self.weight), bias)
+        elif plan.A[0] == "lora":
             # Autocast: y = (x W0ᵀ + b') + x ΔWᵀ, a second GEMM on ΔW = W0 ⊙ A + B, because
             # casting W0 + ΔW to bf16 would round ΔW to a step of |W0| (about 0.4 %).
             delta = self._weight_increment(plan, None)  # (out, in)
