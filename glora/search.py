@@ -35,7 +35,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-# The budget half (feasible range, repair, construction, random candidates) lives in
+# The budget half (feasible range, exact sampling, repair, random candidates) lives in
 # glora.budget; its names are re-exported here, where callers have always found them.
 from glora.budget import (PLAIN_TRIES, SAMPLING, BudgetError, Subnet, _shapes,  # noqa: F401
                           check_budget, feasible_range, random_candidate)
