@@ -121,6 +121,13 @@ class Run:
             raise CheckpointError(f"{self.ckpt_path} was trained with other settings ({'; '.join(diffs)}); "
                                   "resume with the recorded values, or start afresh with --overwrite")
         glora.load_trained_state(self.model, ckpt["state_dict"], full=self.mode == "full")
+        params = trained_tensors(self.optimizer)  # the optimizer state is keyed by their index
+        state = ckpt["optimizer"].get("state", {})
+        if any(int(i) >= len(params) or ("exp_avg" in st and st["exp_avg"].shape != params[int(i)].shape)
+               for i, st in state.items()):
+            # e.g. a fixed subnet saved when it still trained whole factors, not the entries it reads
+            raise CheckpointError(f"{self.ckpt_path}: its optimizer state does not fit the tensors this "
+                                  "run trains (written by an earlier version?); start afresh with --overwrite")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if a.unused_supports == "update":
             zero_fill_stepped_grads(self.optimizer)  # the gradients an uninterrupted run would hold

@@ -191,6 +191,21 @@ def test_fixed_subnet_reports_and_trains_its_budget_count(setup, capsys):
     assert sum(moments) == budget + head
 
 
+def test_resume_refuses_optimizer_moments_of_whole_factors(setup):
+    """Fails if a fixed-subnet checkpoint whose AdamW moments cover whole (out, r) factors (as
+    written before fixed subnets trained only the entries they read) resumes into a shape error in
+    the first step instead of one clear refusal."""
+    run(setup, "ssf", "--subnet", "ssf")
+    path = setup / "ssf" / "eurosat.pt"
+    ckpt = torch.load(path, weights_only=True)
+    for state in ckpt["optimizer"]["state"].values():
+        if state["exp_avg"].dim() == 2 and state["exp_avg"].shape[1] == 1:  # a vector's column
+            state["exp_avg"] = state["exp_avg"].repeat(1, 4)
+    torch.save(ckpt, path)
+    with pytest.raises(SystemExit, match="optimizer state does not fit the tensors this run trains"):
+        run(setup, "ssf", "--subnet", "ssf", "--resume")
+
+
 def test_subnet_file_is_accepted_and_mismatches_refused(setup):
     names = run(setup, "sup")["layer_names"]
     choice = {"A": "vector", "B": "none", "C": "none", "D": "none", "E": "constant"}
