@@ -168,7 +168,7 @@ def _construct(rng: random.Random, rank: int, shapes: tuple, lo: int, hi: int,
     return subnet
 
 
-def _classes(costs) -> list[tuple[str, tuple[str, ...], tuple[int, ...], list]]:
+def _classes(costs) -> list[tuple[tuple[str, ...], tuple[int, ...], list]]:
     # Exchangeable genes grouped: (option names, option costs) -> [(layer, support), ...], in the
     # order first met; then cut into classes of at most CLASS_GENES genes.
     groups: dict[tuple, list] = {}
