@@ -131,10 +131,10 @@ def run_one(args, task: str, forward: str, precision: str) -> dict:
               "--precision", precision, "--no-progress"]
     runs = [("supernet", common + ["--save_path", str(folder / "supernet"), "--epochs", str(args.epochs),
                                    "--warmup-epochs", "2", "--eval-every", str(args.epochs),
-                                   "--lr", str(args.lr), "--seed", "42"]),
+                                   "--lr", str(args.lr), "--seed", str(args.seed)]),
             ("evolution", common + ["--load_path", str(folder / "supernet"), "--save_path",
                                     str(folder / "search"), "--param-limits", str(args.budget),
-                                    "--seed", "1"] + args.search_args.split())]
+                                    "--seed", str(args.search_seed)] + args.search_args.split())]
     start = time.time()
     for script, argv in runs:
         if script == "evolution" and (folder / "search" / "results.json").is_file():
@@ -186,6 +186,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=0.03, help="search limit, M params")
     p.add_argument("--search-args", type=str, default="--population-num 16 --select-num 6 "
                    "--mutation-num 8 --crossover-num 8 --max-epochs 4")
+    p.add_argument("--seed", type=int, default=42, help="supernet seed (the original's)")
+    p.add_argument("--search-seed", type=int, default=1, help="search seed (the original's)")
     p.add_argument("--out", type=str, default="runs/bench_bf16")
     p.add_argument("--threads", type=int, default=1)
     return p

@@ -1,7 +1,9 @@
 """GPU throughput of the whole GLoRA recipe, and the wall time of a 19-task VTAB-1k run from it.
 
-    python benchmarks/bench_gpu.py            # CUDA: ViT-B/16 (random init), 224 px, bf16 autocast
-    python benchmarks/bench_gpu.py --tiny     # the same code on the CPU at tiny sizes (a smoke run)
+    python benchmarks/bench_gpu.py                      # CUDA: ViT-B/16 (random init), 224 px,
+                                                        # fp32 weights with TF32 matmuls (the default)
+    python benchmarks/bench_gpu.py --precision bf16     # the same under bf16 autocast
+    python benchmarks/bench_gpu.py --tiny               # the same code on the CPU at tiny sizes
 
 Everything runs through the project's own loops: ``vtab.Loader`` with the uint8 split resident
 on the device (normalised there), ``glora.run.engine.train_one_epoch`` (AdamW, fused on CUDA, as
@@ -36,7 +38,7 @@ import vtab
 from glora.run.compile import compile_fixed
 from glora.run.engine import evaluate, train_one_epoch
 from glora.merge import CandidateModel
-from glora.run.backbone import autocast_dtype, build_model, resolve_device
+from glora.run.backbone import autocast_dtype, build_model, resolve_device, set_matmul_numerics
 from glora.space import preset_subnet, sample_choice
 
 TINY = dict(device="cpu", model="vit_tiny_patch16_224", input_size=32, images=96, batch_size=16,
@@ -169,7 +171,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=str, default="vit_base_patch16_224_in21k")
     p.add_argument("--model-kwargs", type=json.loads, default={})
     p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--precision", type=str, default="bf16", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--precision", type=str, default="auto", choices=("auto", "bf16", "fp32"),
+                   help="as the CLIs: auto = fp32 weights, TF32 matmuls on CUDA; bf16 = autocast")
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--images", type=int, default=1000, help="training images (a VTAB-1k task)")
@@ -189,10 +192,13 @@ def main(args: argparse.Namespace) -> None:
     if args.tiny:
         vars(args).update(TINY)
     device = resolve_device(args.device)
+    set_matmul_numerics(args.precision, device)  # as supernet.py and evolution.py
     amp = autocast_dtype(args.precision, device)
+    numerics = "bf16 autocast" if amp is not None else (
+        "fp32, TF32 matmuls" if torch.backends.cuda.matmul.allow_tf32 and device.type == "cuda" else "fp32")
     where = (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU") + \
         f"; {args.model} {json.dumps(args.model_kwargs)} at {args.input_size} px, " \
-        f"{args.precision}; torch {torch.__version__}"
+        f"--precision {args.precision} ({numerics}); torch {torch.__version__}"
     print(where, flush=True)
     start, results = time.perf_counter(), {}
     for mode in ("supernet", "lora", "full"):

@@ -2,10 +2,13 @@
 
 For each (shapes, budget): the acceptance rate of plain uniform draws (sampled, and exact from the
 distribution of a uniform subnet's params) and the time per accepted candidate, next to
-``glora.search.random_candidate`` (always within budget), how its candidates were made (plain /
-repaired / constructed) and its time per candidate. Then the search's own
-overhead: a full default search (50/10/25/25, 20 generations) with a free evaluate_fn.
-Pure Python, CPU, no model. Run: python benchmarks/bench_search.py
+``glora.search.random_candidate`` (always within budget) with ``sampling="exact"`` (the default:
+uniform over the subnets within the budget, no rejection loop) and ``"repair"`` (the earlier
+heuristic): how its candidates were made, the time of the first candidate (exact: with the count
+tables built) and of the next ones, and how often C, D and E are ``none``. Then the time to draw a
+ViT-B/16 population of 50 at 0.29 M from scratch, and the search's own overhead: a full default
+search (50/10/25/25, 20 generations) with a free evaluate_fn.
+Pure Python (and numpy), CPU, no model. Run: python benchmarks/bench_search.py
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import time
 
 import numpy as np
 
+from glora import budget
 from glora.search import EvolutionSearch, feasible_range, random_candidate
 from glora.space import (SUPPORTS, option_params, sample_choice, subnet_params,
                          support_options)
@@ -56,14 +60,29 @@ def plain_draws(rng: random.Random, rank: int, shapes, lo: int, hi: int, n: int)
     return dict(accepted=accepted, rate=accepted / n, per_draw=seconds / n)
 
 
-def budget_aware(rng: random.Random, rank: int, shapes, lo: int, hi: int, n: int) -> dict:
-    """glora.search.random_candidate: plain draws, then repair, then exact construction."""
+def budget_aware(rng: random.Random, rank: int, shapes, lo: int, hi: int, n: int,
+                 sampling: str) -> dict:
+    """glora.search.random_candidate: exact, or plain draws, then repair, then construction."""
+    budget._count_tables.cache_clear()  # the first exact candidate builds the count tables
     stats, start = {}, time.perf_counter()
-    params = [subnet_params(random_candidate(rng, rank, shapes, lo, hi, stats=stats), shapes)
-              for _ in range(n)]
-    seconds = time.perf_counter() - start
-    return dict(rate=sum(lo <= p <= hi for p in params) / n, stats=stats, per=seconds / n,
-                median=statistics.median(params))
+    subnets = [random_candidate(rng, rank, shapes, lo, hi, sampling=sampling, stats=stats)]
+    first = time.perf_counter() - start
+    subnets += [random_candidate(rng, rank, shapes, lo, hi, sampling=sampling, stats=stats)
+                for _ in range(n - 1)]
+    seconds = time.perf_counter() - start - first
+    params = [subnet_params(s, shapes) for s in subnets]
+    none = {s: sum(c[s] == "none" for sub in subnets for c in sub) / (n * len(shapes)) for s in "CDE"}
+    return dict(rate=sum(lo <= p <= hi for p in params) / n, stats=stats, first=first,
+                per=seconds / max(n - 1, 1), median=statistics.median(params), none=none)
+
+
+def population_seconds(rank: int, shapes, hi: int, n: int = 50, seed: int = 1) -> float:
+    """Time to draw a first population of n exact candidates, count tables built from scratch."""
+    budget._count_tables.cache_clear()
+    rng, start = random.Random(seed), time.perf_counter()
+    for _ in range(n):
+        random_candidate(rng, rank, shapes, 0, hi)
+    return time.perf_counter() - start
 
 
 def search_overhead(rank: int, shapes, hi: int, seed: int) -> dict:
@@ -95,17 +114,23 @@ def main() -> None:
         print(f"| {name} | {lo:,} - {hi:,} | {least:,} - {most:,} | {q01:,} / {q50:,} / {q99:,} "
               f"| {plain['accepted']:,} ({100 * plain['rate']:.3f} %) | {exact:.3g} "
               f"(1 in {1 / exact:,.0f}) | {1e3 * plain['per_draw'] / exact:,.3g} |")
-        aware.append(budget_aware(random.Random(args.seed), args.rank, shapes, lo, hi,
-                                  args.candidates))
+        for sampling in ("exact", "repair"):
+            aware.append((name, lo, hi, sampling, budget_aware(
+                random.Random(args.seed), args.rank, shapes, lo, hi, args.candidates, sampling)))
     print(f"\nBudget-aware generator (glora.search.random_candidate), {args.candidates} "
           "per case:\n")
-    print("| model | budget (params) | in budget | plain / repaired / constructed | "
-          "ms per candidate | median params |\n|---|---|---|---|---|---|")
-    for (name, _, lo, hi), a in zip(CASES, aware):
-        st = a["stats"]
-        print(f"| {name} | {lo:,} - {hi:,} | {100 * a['rate']:.0f} % | "
-              f"{st.get('plain_accepted', 0)} / {st.get('repaired', 0)} / "
-              f"{st.get('constructed', 0)} | {1e3 * a['per']:.3g} | {a['median']:,.0f} |")
+    print("| model | budget (params) | sampling | in budget | exact / plain / repaired / constructed "
+          "| first candidate (s) | ms per next candidate | median params | C / D / E none |"
+          "\n|---|---|---|---|---|---|---|---|---|")
+    for name, lo, hi, sampling, a in aware:
+        st, none = a["stats"], a["none"]
+        print(f"| {name} | {lo:,} - {hi:,} | {sampling} | {100 * a['rate']:.0f} % | "
+              f"{st.get('exact', 0)} / {st.get('plain_accepted', 0)} / {st.get('repaired', 0)} / "
+              f"{st.get('constructed', 0)} | {a['first']:.3g} | {1e3 * a['per']:.3g} | "
+              f"{a['median']:,.0f} | {' / '.join(f'{100 * none[s]:.0f} %' for s in 'CDE')} |")
+    seconds = population_seconds(args.rank, VIT_B, 290_000)
+    print(f"\nA ViT-B/16 population of 50 exact candidates at 0.29 M, tables built from scratch: "
+          f"{seconds:.2f} s")
     print("\nFull default search (population 50, select 10, 25 mutations, 25 crossovers, "
           "20 generations) with a free evaluate_fn, ViT-B/16 shapes:\n")
     print("| budget | search seconds | evaluated | mutations kept / tried | crossovers kept / "

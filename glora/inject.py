@@ -149,6 +149,25 @@ def freeze_unused(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
+def train_read_entries(model: nn.Module) -> list[nn.Parameter]:
+    """For fixed-subnet training: the tensors to optimise, exactly the stored entries the subnet
+    reads (``count_params`` of them) plus the head; everything else frozen.
+
+    A partly read tensor (a ``vector`` reads column 0 of its (out, r) factor) trains through a view
+    of the read part (``GLoRALinear.train_read_entries``), so the optimizer keeps no moments and
+    applies no weight decay to entries the subnet never reads; state-dict names are unchanged.
+    Call after ``set_subnet`` and after moving the model to its device.
+    """
+    trained = [p for n, p in model.named_parameters() if n.startswith("head.")]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for _, layer in glora_layers(model):
+        trained += layer.train_read_entries()
+    for p in trained:
+        p.requires_grad_(True)
+    return trained
+
+
 def load_trained_state(model: nn.Module, state: Mapping[str, torch.Tensor], full: bool = False) -> None:
     """Load a ``glora_state_dict`` (or, ``full=True``, a whole state dict) into the model.
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glora.ops import frozen_linear
+from glora.ops import dense_linear, frozen_linear
 from glora.sampler import ChoiceSampler, Plan, plan_of
 from glora.space import parse_option, validate_choice
 
@@ -65,6 +65,7 @@ class GLoRALinear(nn.Module):
         self.choice: dict | None = None
         self.sampler: ChoiceSampler | None = None
         self.last_choice: dict | None = None  # the choice of the latest forward
+        self._views: dict[str, nn.Parameter] = {}  # trained views of stored tensors (train_read_entries)
         self.reset_parameters()
 
     @classmethod
@@ -87,8 +88,43 @@ class GLoRALinear(nn.Module):
     @choice.setter
     def choice(self, choice: Mapping[str, str] | None) -> None:
         # Validated and parsed once here, so the forward never touches option strings.
+        if getattr(self, "_views", None):
+            raise RuntimeError("this layer trains the entries of its fixed choice (train_read_entries); "
+                               "its choice cannot change")
         self._choice = None if choice is None else validate_choice(choice, self.rank)
         self._fixed_plan = None if choice is None else plan_of(self._choice, self.rank)
+
+    def train_read_entries(self) -> list[nn.Parameter]:
+        """Fixed choice: make exactly the stored entries it reads trainable; return those tensors.
+
+        A stored tensor read whole trains itself. One read in part (``vector`` reads column 0 of
+        its (out, r) factor, ``constant`` one entry, ``LoRA_k`` with k < r the leading k) is frozen,
+        and a leaf view of the read part (sharing its memory, so the state dict and merging see
+        every update) trains in its place: gradients, weight decay and optimizer moments cover
+        only what the choice reads, ``choice_params`` entries in all. Call it after the model has
+        been moved to its device (a move would detach the views).
+        """
+        if self.choice is None:
+            raise ValueError("train_read_entries needs a fixed choice; call set_choice first")
+        read = read_entries(self.choice, self.rank)
+        self._views, trained = {}, []
+        for name, param in self._parameters.items():
+            if not name.startswith("glora_"):
+                continue
+            index = read.get(name)
+            part = None if index is None else param.detach()[index]
+            param.requires_grad_(part is not None and part.numel() == param.numel())
+            if param.requires_grad:
+                trained.append(param)
+            elif part is not None:
+                self._views[name] = nn.Parameter(part)  # a view: updates land in `param`
+                trained.append(self._views[name])
+        return trained
+
+    def _stored(self, name: str) -> torch.Tensor:
+        # The tensor the forward reads: the stored parameter, or its trained view.
+        view = self._views.get(name)
+        return self._parameters[name] if view is None else view
 
     def set_choice(self, choice: Mapping[str, str] | None) -> None:
         """Fix this layer's choice (validated), or ``None`` for supernet sampling."""
@@ -114,12 +150,12 @@ class GLoRALinear(nn.Module):
         # it is then rounded once, at the scale of b', with the GEMM's fp32 accumulator.
         bias = _sum(self.bias, self._bias_increment(plan))
         lowp = torch.is_autocast_enabled(x.device.type)
-        if plan.A[0] == "lora" and not lowp:  # W0 ⊙ A is full rank: materialise W'
-            return F.linear(x, self._weight_increment(plan, self.weight), bias)
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (T, in)
         if lowp:  # cast once, not once per op that reads it (up to three)
             x2 = x2.to(torch.get_autocast_dtype(x.device.type))
-        if plan.A[0] == "lora":
+        if plan.A[0] == "lora" and not lowp:  # W0 ⊙ A is full rank: materialise W'
+            y = dense_linear(x2, self._weight_increment(plan, self.weight), bias)
+        elif plan.A[0] == "lora":
             # Autocast: y = (x W0ᵀ + b') + x ΔWᵀ, a second GEMM on ΔW = W0 ⊙ A + B, because
             # casting W0 + ΔW to bf16 would round ΔW to a step of |W0| (about 0.4 %).
             delta = self._weight_increment(plan, None)  # (out, in)
@@ -131,44 +167,45 @@ class GLoRALinear(nn.Module):
     def _scale(self, kind: str) -> torch.Tensor | None:
         """``1 + a`` (out,) for A vector/constant: x (W0 ⊙ a 1ᵀ)ᵀ = (x W0ᵀ) ⊙ a; None for none."""
         if kind == "vector":
-            return self.glora_Ad[:, 0] + 1  # the first column
+            return self._stored("glora_Ad")[:, 0] + 1  # the first column
         if kind == "constant":
-            return (self.glora_Ad[0, 0] + 1).expand(self.out_features)
+            return (self._stored("glora_Ad")[0, 0] + 1).expand(self.out_features)
         return None
 
     def _b_terms(self, x2: torch.Tensor, option: tuple[str, int]) -> tuple:
         """``(d, u)`` with x Bᵀ = (x dᵀ) u (B = uᵀ d): (k, in) and (k, out) factors."""
         kind, k = option
         if kind == "lora":
-            return _lead(self.glora_Bu, k, 0), _lead(self.glora_Bd, k, 1).t()
+            return _lead(self._stored("glora_Bu"), k, 0), _lead(self._stored("glora_Bd"), k, 1).t()
         if kind == "none":
             return None, None
         # Every column of B is b: B = b 1ᵀ, rank 1, and x Bᵀ = (Σ_j x_j) bᵀ.
-        b = self.glora_Bd[:, 0] if kind == "vector" else self.glora_Bd[0, 0].expand(self.out_features)
+        bd = self._stored("glora_Bd")
+        b = bd[:, 0] if kind == "vector" else bd[0, 0].expand(self.out_features)
         return x2.new_ones(1, self.in_features), b.unsqueeze(0)
 
     def _weight_increment(self, plan: Plan, base: torch.Tensor | None) -> torch.Tensor:
         """``base + W0 ⊙ A + B`` (out, in) for A = LoRA_k; ``base`` None gives the increment."""
         kind, k = plan.A
-        a = _lead(self.glora_Ad, k, 1) @ _lead(self.glora_Au, k, 0)  # (out, in)
+        a = _lead(self._stored("glora_Ad"), k, 1) @ _lead(self._stored("glora_Au"), k, 0)  # (out, in)
         w0 = self.weight
         w = w0 * a if base is None else torch.addcmul(base, w0, a)
         kind, k = plan.B
         if kind == "lora":
-            return torch.addmm(w, _lead(self.glora_Bd, k, 1), _lead(self.glora_Bu, k, 0))
-        b = _factor(plan.B, self.glora_Bd, None)
+            return torch.addmm(w, _lead(self._stored("glora_Bd"), k, 1), _lead(self._stored("glora_Bu"), k, 0))
+        b = _factor(plan.B, self._stored("glora_Bd"), None)
         return w if b is None else w + b
 
     def _bias_increment(self, plan: Plan) -> torch.Tensor | None:
         """``b0 ⊙ D + E + W0 · C`` (out,), or None when the choice adds nothing to the bias."""
         inc = None
-        d = _vector(plan.D, self.glora_D)
+        d = _vector(plan.D, self._stored("glora_D"))
         if d is not None and self.bias is not None:  # without a bias, D has nothing to scale
             inc = self.bias * d
-        e = _vector(plan.E, self.glora_E)
+        e = _vector(plan.E, self._stored("glora_E"))
         if e is not None:
             inc = _sum(inc, e.expand(self.out_features))
-        c = _factor(plan.C, self.glora_Cd, self.glora_Cu)
+        c = _factor(plan.C, self._stored("glora_Cd"), self._stored("glora_Cu"))
         if c is not None:
             inc = _sum(inc, (self.weight @ c).squeeze(1))  # (out,in)@(in,1) -> (out,)
         return inc
@@ -176,22 +213,24 @@ class GLoRALinear(nn.Module):
     def merged_weight_bias(self, choice: Mapping[str, str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(W', b')`` for a choice, computed from W0/b0; ``none`` supports cost nothing."""
         opts = plan_of(choice, self.rank)
+        if self._views and opts is not self._fixed_plan:  # the views hold only the fixed choice's entries
+            raise ValueError(f"this layer trains the entries of {self.choice} only; got {dict(choice)}")
         w0, b0 = self.weight, self.bias
         weight = w0
-        a = _factor(opts.A, self.glora_Ad, self.glora_Au)
+        a = _factor(opts.A, self._stored("glora_Ad"), self._stored("glora_Au"))
         if a is not None:
             weight = weight + w0 * a  # a: (out,in), (out,1) or scalar
-        b = _factor(opts.B, self.glora_Bd, self.glora_Bu)
+        b = _factor(opts.B, self._stored("glora_Bd"), self._stored("glora_Bu"))
         if b is not None:
             weight = weight + b
         bias = b0
-        d = _vector(opts.D, self.glora_D)
+        d = _vector(opts.D, self._stored("glora_D"))
         if d is not None and b0 is not None:  # without a bias, D has nothing to scale
             bias = bias + b0 * d
-        e = _vector(opts.E, self.glora_E)
+        e = _vector(opts.E, self._stored("glora_E"))
         if e is not None:
             bias = e.expand(self.out_features) if bias is None else bias + e
-        c = _factor(opts.C, self.glora_Cd, self.glora_Cu)
+        c = _factor(opts.C, self._stored("glora_Cd"), self._stored("glora_Cu"))
         if c is not None:
             wc = (w0 @ c).squeeze(1)  # (out,in)@(in,1) -> (out,)
             bias = wc if bias is None else bias + wc
@@ -238,6 +277,21 @@ def _vector(parsed: tuple[str, int], vec: torch.Tensor) -> torch.Tensor | None:
 
 _STORAGE = {"A": ("glora_Ad", "glora_Au"), "B": ("glora_Bd", "glora_Bu"),
             "C": ("glora_Cd", "glora_Cu"), "D": ("glora_D",), "E": ("glora_E",)}
+
+
+def read_entries(choice: Mapping[str, str], rank: int) -> dict[str, tuple[slice, ...]]:
+    """Stored tensor -> the leading block a choice reads (its size is the choice's budget count)."""
+    lead, one = slice(None), slice(0, 1)
+    read = {}
+    for support, names in _STORAGE.items():
+        kind, k = parse_option(support, choice[support], rank)
+        if kind == "lora":  # down[:, :k] (out or in, k), up[:k] (k, in or 1)
+            read[names[0]], read[names[1]] = (lead, slice(0, k)), (slice(0, k),)
+        elif kind == "vector":  # down[:, 0] (A, B, C); D, E whole
+            read[names[0]] = (lead, one) if len(names) == 2 else (lead,)
+        elif kind == "constant":  # down[0, 0]; D[0], E[0]
+            read[names[0]] = (one, one) if len(names) == 2 else (one,)
+    return read
 
 
 def used_tensor_names(choice: Mapping[str, str], rank: int) -> set[str]:

@@ -8,10 +8,13 @@ spend extra (T, out) or (T, in) passes (addcmul's backward forms h·1, mul's for
 the GEMM, the low-rank dx is formed apart and then added) and pick slow GEMM layouts for
 skinny factors on the CPU; here:
 
-    dx = gy (W0 ⊙ s 1ᵀ) + dt d    the scale applied to the (out, in) weight, not to gy (T, out);
-                                  the low-rank part added into dx in place
+    dx = gy (W0 ⊙ s 1ᵀ + uᵀ d)    the scale and the low-rank part applied to the (out, in)
+                                  weight, not as passes over gy (T, out) or dx (T, in); under
+                                  autocast dx = gy (W0 ⊙ s 1ᵀ) + dt d, so that B is not rounded
+                                  to a step of |W0| by the weight's cast
     ds = Σ_t gy ⊙ h               h = x W0ᵀ, kept from the forward
-    db = 1ᵀ gy,  dt = (u gyᵀ)ᵀ,  du = tᵀ gy,  dd = dtᵀ x     with t = x dᵀ (T, k)
+    db = 1ᵀ gy,  dt = (u gyᵀ)ᵀ,  du = tᵀ gy,  dd = dtᵀ x     with t = x dᵀ (T, k); dt only when
+                                  dd or the autocast dx needs it (B vector/constant: never in fp32)
 
 In fp32 without a scale the low-rank term is folded into the GEMM's weight instead: y = x (W0 +
 uᵀ d)ᵀ + b and dx = gy (W0 + uᵀ d), (out, in) work in place of two (T, out)/(T, in) passes.
@@ -53,6 +56,7 @@ class _FrozenLinear(torch.autograd.Function):
         keep_x = down is not None and ctx.needs_input_grad[4]  # only dd = dtᵀ x reads x
         ctx.save_for_backward(x if keep_x else None, weight, scale, h, down, t, up)
         ctx.bias_dtype, ctx.folded = None if bias is None else bias.dtype, folded
+        ctx.lowp = torch.is_autocast_enabled(x.device.type)
         return y
 
     @staticmethod
@@ -60,19 +64,25 @@ class _FrozenLinear(torch.autograd.Function):
         x, weight, scale, h, down, t, up = ctx.saved_tensors
         need_x, _, need_b, need_s, need_d, need_u = ctx.needs_input_grad
         dx = db = ds = dd = du = None
-        dt = None if down is None else (_as(up, gy.dtype) @ gy.t()).t()  # (T, k): the fast layout
+        fold_dx = down is not None and not ctx.lowp  # B joins the dx weight (fp32 only)
+        dt = None
+        if down is not None and (need_d or (need_x and not fold_dx)):
+            dt = (_as(up, gy.dtype) @ gy.t()).t()  # (T, k): the fast layout
         if need_x:
             if ctx.folded:
                 dx = gy @ torch.addmm(weight, up.t(), down)  # (W0 + B), re-formed: (out, in)
             else:
                 w = weight if scale is None else weight * scale.unsqueeze(1)  # (out, in)
+                if fold_dx:  # W0 ⊙ s 1ᵀ + uᵀ d: (out, in) work instead of a (T, in) pass
+                    w = torch.addmm(w, up.t(), down) if scale is None else w.addmm_(up.t(), down)
                 dx = gy @ _as(w, gy.dtype)
-                if dt is not None:
+                if dt is not None and not fold_dx:
                     dx.addmm_(dt, _as(down, dx.dtype))
+        if need_s:  # with db in the same pass over gy when both are needed
+            ds, db = _column_dots(gy, h, need_b)
+            ds = _as(ds, scale.dtype)
         if need_b:
-            db = _as(_column_sums(gy), ctx.bias_dtype)
-        if need_s:
-            ds = _as(_column_dots(gy, h), scale.dtype)
+            db = _as(_column_sums(gy) if db is None else db, ctx.bias_dtype)
         if need_d:
             dd = _as(dt.t() @ x, down.dtype)  # (k, in)
         if need_u:
@@ -85,19 +95,24 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def _column_dots(gy: torch.Tensor, h: torch.Tensor, rows: int = 256) -> torch.Tensor:
-    """Σ_t gy[t] ⊙ h[t] (out,), summed in fp32.
+def _column_dots(gy: torch.Tensor, h: torch.Tensor, sums: bool = False,
+                 rows: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(Σ_t gy[t] ⊙ h[t], Σ_t gy[t] if ``sums`` else None), each (out,), summed in fp32.
 
     On the CPU in blocks of rows: a whole (T, out) product would be a fresh allocation, which
     the CPU allocator page-faults and zeroes anew each step (about twice the time of the
-    product); a block stays in cache. Elsewhere one product and one reduction.
+    product); a block stays in cache, so the column sums read it from there, not from memory.
+    Elsewhere one product and one reduction each.
     """
     if gy.device.type != "cpu":
-        return (gy * h).sum(0, dtype=torch.float32)
+        return (gy * h).sum(0, dtype=torch.float32), _column_sums(gy) if sums else None
     total = torch.zeros(gy.shape[1], dtype=torch.float32, device=gy.device)
+    column = torch.zeros_like(total) if sums else None
     for g, v in zip(gy.split(rows), h.split(rows)):
         total += (g * v).sum(0, dtype=torch.float32)
-    return total
+        if sums:
+            column += g.sum(0, dtype=torch.float32)
+    return total, column
 
 
 def _column_sums(gy: torch.Tensor) -> torch.Tensor:
@@ -105,6 +120,30 @@ def _column_sums(gy: torch.Tensor) -> torch.Tensor:
     if gy.dtype == torch.float32:
         return gy.new_ones(gy.shape[0]) @ gy
     return gy.sum(0, dtype=torch.float32)
+
+
+class _DenseLinear(torch.autograd.Function):
+    # F.linear's own backward forms the weight's gradient as (xᵀ gy)ᵀ, a transposed (out, in)
+    # view that every op after it (W0 ⊙ dW' for A, the factors' products) reads strided or copies.
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        dx = gy @ weight if need_x else None  # (T, in)
+        dw = gy.t() @ x if need_w else None  # (out, in), contiguous
+        db = _column_sums(gy) if need_b else None
+        return dx, dw, db
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x Wᵀ + b`` (T, out) for 2-D x, fp32, W a computed weight (A = LoRA_k's W'): the same
+    values and gradients as ``F.linear``, with W's gradient formed in W's own layout."""
+    return _DenseLinear.apply(x, weight, bias)
 
 
 def frozen_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -12,7 +12,9 @@ or already visited is skipped, at most 10x the wanted count of attempts, as the 
 Fixed: (1) the last generation's children were evaluated but never ranked; here generations
 0..max_epochs are all evaluated and ranked (the original's evaluations, none wasted). (2) Refills
 were unbounded rejection sampling, endless for small budgets; ``glora.budget.random_candidate``
-repairs or constructs, reaching any feasible budget, and ``BudgetError`` reports an infeasible one.
+draws uniformly over the subnets within the budget with no rejection loop (the original's
+distribution; ``sampling="repair"`` keeps an earlier, biased heuristic), and ``BudgetError`` reports
+an infeasible budget.
 (3) Resume never loaded; here a run resumed from ``state_dict()`` (plain JSON) repeats an
 uninterrupted one call for call. (4) Crossover parents are distinct.
 
@@ -21,7 +23,7 @@ State dict, exported after every generation::
     {"format": "glora-search/1", "generation": next generation to evaluate (= generations done),
      "config": {"shapes": [[in, out], ...], "rank", "population_num", "select_num", "mutation_num",
                 "m_prob", "crossover_num", "max_epochs", "min_params", "max_params", "seed",
-                "plain_tries"},
+                "plain_tries", "sampling"},
      "candidates": [keys of the last generation], "top_k": [keys, best first],
      "evaluated": [{"key", "params", "fitness", "generation"}, ...]  (evaluation order; the memo),
      "stats": {name: count}, "rng_state": [version, [625 ints], gauss_next]}
@@ -33,10 +35,10 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-# The budget half (feasible range, repair, construction, random candidates) lives in
+# The budget half (feasible range, exact sampling, repair, random candidates) lives in
 # glora.budget; its names are re-exported here, where callers have always found them.
-from glora.budget import (PLAIN_TRIES, BudgetError, Subnet, _shapes, check_budget,  # noqa: F401
-                          feasible_range, random_candidate)
+from glora.budget import (PLAIN_TRIES, SAMPLING, BudgetError, Subnet, _shapes,  # noqa: F401
+                          check_budget, feasible_range, random_candidate)
 from glora.errors import CheckpointError, ConfigError
 from glora.space import SUPPORTS, subnet_params, support_options
 
@@ -47,7 +49,7 @@ class SearchStateError(CheckpointError, ValueError):
     """A search state of another format or other settings, or malformed (a ValueError as before)."""
 
 
-STAT_KEYS = ("plain_draws", "plain_accepted", "repaired", "constructed", "mutation_tries",
+STAT_KEYS = ("exact", "plain_draws", "plain_accepted", "repaired", "constructed", "mutation_tries",
              "mutations", "crossover_tries", "crossovers", "random_tries", "randoms", "duplicates")
 
 
@@ -107,19 +109,21 @@ class EvolutionSearch:
                  rank: int, *, population_num: int = 50, select_num: int = 10,
                  mutation_num: int = 25, m_prob: float = 0.2, crossover_num: int = 25,
                  max_epochs: int = 20, max_params: float, min_params: float = 0, seed: int = 1,
-                 plain_tries: int = PLAIN_TRIES):
+                 plain_tries: int = PLAIN_TRIES, sampling: str = "exact"):
         counts = dict(population_num=population_num, select_num=select_num,
                       mutation_num=mutation_num, crossover_num=crossover_num,
                       max_epochs=max_epochs, plain_tries=plain_tries)
         bad = [f"{k}={v!r}" for k, v in counts.items() if not isinstance(v, int) or v < 0]
         bad += [f"{k}=0" for k in ("population_num", "select_num") if counts[k] == 0]
         bad += [] if 0 <= m_prob <= 1 else [f"m_prob={m_prob!r} (needs 0..1)"]
+        bad += [] if sampling in SAMPLING else [f"sampling={sampling!r} (needs {' or '.join(SAMPLING)})"]
         bad += [] if shapes and all(min(s) > 0 for s in _shapes(shapes)) else [f"shapes={shapes!r}"]
         if bad:
             raise ConfigError(f"invalid search settings: {', '.join(bad)}")
         self.evaluate_fn = evaluate_fn
         self.config = dict(shapes=[list(s) for s in _shapes(shapes)], rank=rank, m_prob=m_prob,
-                           min_params=min_params, max_params=max_params, seed=seed, **counts)
+                           min_params=min_params, max_params=max_params, seed=seed,
+                           sampling=sampling, **counts)
         self._shapes = _shapes(shapes)
         self._lo, self._hi = check_budget(rank, self._shapes, min_params, max_params)
         self.rng = random.Random(seed)
@@ -200,7 +204,8 @@ class EvolutionSearch:
             if len(pending) >= cfg["population_num"]:
                 break
             child = random_candidate(self.rng, cfg["rank"], self._shapes, self._lo, self._hi,
-                                     plain_tries=cfg["plain_tries"], stats=self.stats)
+                                     sampling=cfg["sampling"], plain_tries=cfg["plain_tries"],
+                                     stats=self.stats)
             self._offer(pending, child, "random")
         return pending
 
@@ -231,6 +236,8 @@ class EvolutionSearch:
             found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
             raise SearchStateError(f"not a {STATE_FORMAT!r} search state: {found!r}")
         saved = state.get("config") if isinstance(state.get("config"), Mapping) else {}
+        # States written before the exact sampler existed drew with the repair heuristic.
+        saved = {"sampling": "repair", **saved}
         diff = [f"{k} (saved {saved.get(k)!r}, now {v!r})" for k, v in self.config.items()
                 if k != "max_epochs" and saved.get(k) != v]
         if diff:

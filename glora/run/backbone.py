@@ -109,7 +109,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; ``fp32`` (and the CPU) run without autocast."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    """bf16 autocast only when asked (``--precision bf16``); ``auto`` and ``fp32`` keep fp32."""
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def set_matmul_numerics(precision: str, device: torch.device) -> None:
+    """For the CLIs (process-wide state): the original's numerics on CUDA under ``auto``.
+
+    The original ran fp32 weights on Ampere GPUs under torch 1.10, whose matmuls and convolutions
+    used TF32 by default; torch has since turned TF32 matmuls off, so ``auto`` (and ``bf16``, for
+    what autocast leaves in fp32) turns both on again. ``fp32`` turns both off: full fp32 products.
+    Nothing to set on the CPU.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+        torch.backends.cudnn.allow_tf32 = precision != "fp32"

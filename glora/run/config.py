@@ -43,7 +43,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--drop-path", type=float, default=0.1)
     parser.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", type=str, default="auto", choices=("auto", "bf16", "fp32"),
-                        help="auto = bf16 autocast on CUDA, fp32 on CPU; fp32 = the original numerics")
+                        help="auto = the original's numerics: fp32 weights, TF32 matmuls on CUDA (fp32 on "
+                             "the CPU); bf16 = bf16 autocast (a speed option; README, bf16); fp32 = fp32 "
+                             "with TF32 off")
     parser.add_argument("--compile", type=str, default="auto", choices=COMPILE_CHOICES,
                         help="torch.compile the fixed-graph models (fixed subnet or full fine-tuning, search "
                              "scoring); auto = off on the CPU (the compile time is not recovered by CPU-sized "

@@ -25,7 +25,7 @@ import glora
 from glora.errors import one_line_errors
 from glora.io.files import read_regular_text
 from glora.io.outputs import OutputFolder
-from glora.run.backbone import autocast_dtype, resolve_device
+from glora.run.backbone import autocast_dtype, resolve_device, set_matmul_numerics
 from glora.run.checkpoint import CheckpointError, subnet_document, versions
 from glora.run.config import add_common_args, differing_settings, sigterm_as_interrupt, write_yaml
 from glora.run.engine import evaluate
@@ -56,9 +56,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-partial", action="store_true",
                         help="use a checkpoint whose training stopped before its --epochs (warns); "
                              "without it such a checkpoint is refused")
+    parser.add_argument("--sampling", type=str, default="exact", choices=("exact", "repair"),
+                        help="random candidates: exact = uniform over every subnet within the budget "
+                             "(the original's distribution, without its rejection loop); repair = "
+                             "--plain-tries uniform draws, then the last one repaired toward the "
+                             "budget (biased at tight budgets)")
     parser.add_argument("--plain-tries", type=int, default=10,
-                        help="uniform draws before a random candidate is repaired toward the budget "
-                             "(a huge value approximates the original's unbounded rejection sampling)")
+                        help="with --sampling repair: uniform draws before a random candidate is "
+                             "repaired toward the budget")
     return parser
 
 
@@ -115,6 +120,7 @@ def main(settings: SearchSettings) -> None:
     folder.check(s.resume or auto, s.overwrite)  # writes nothing: a refused run leaves no trace
     seen = folder.held_outputs()
     device = resolve_device(s.device)
+    set_matmul_numerics(s.precision, device)
     torch.manual_seed(s.seed)
     job = prepare(s, device)  # checkpoint, model, budget: all checked before data is read
     s = job.settings  # with the model settings the checkpoint records

@@ -216,7 +216,8 @@ def new_search(s: SearchSettings, shapes, evaluate_fn) -> EvolutionSearch:
     return EvolutionSearch(evaluate_fn, shapes, s.rank, population_num=s.population_num,
                            select_num=s.select_num, mutation_num=s.mutation_num, m_prob=s.m_prob,
                            crossover_num=s.crossover_num, max_epochs=s.max_epochs, max_params=s.max_params,
-                           min_params=s.min_params, seed=s.seed, plain_tries=s.plain_tries)
+                           min_params=s.min_params, seed=s.seed, plain_tries=s.plain_tries,
+                           sampling=s.sampling)
 
 
 def resume_state(path: Path, supernet: dict, s: SearchSettings, shapes) -> dict:

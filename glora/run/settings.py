@@ -111,6 +111,7 @@ class SearchSettings(Common):
     crossover_num: int
     mutation_num: int
     allow_partial: bool
+    sampling: str
     plain_tries: int
 
     @property

@@ -22,7 +22,7 @@ import yaml
 import vtab
 from glora.errors import one_line_errors
 from glora.io.outputs import OutputFolder
-from glora.run.backbone import resolve_device
+from glora.run.backbone import resolve_device, set_matmul_numerics
 from glora.run.checkpoint import CheckpointError, load_checkpoint, recorded_settings, versions
 from glora.run.config import RUN_ONLY_KEYS, add_common_args, differing_settings, sigterm_as_interrupt, write_yaml
 from glora.run.inputs import PATH_KEYS, differing_inputs
@@ -116,6 +116,7 @@ def main(settings: TrainSettings) -> None:
     if s.resume and not checkpoint_path(s).is_file():
         raise CheckpointError(f"--resume: checkpoint not found: {checkpoint_path(s)}")
     device = resolve_device(s.device)
+    set_matmul_numerics(s.precision, device)
     world = init_world("nccl" if device.type == "cuda" else "gloo")  # one rank outside torchrun
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)

@@ -60,7 +60,6 @@ class Run:
             self.subnet = load_subnet(s.subnet, self.layer_names, s.rank)
             self.origin = subnet_origin(s.subnet)
             glora.set_subnet(self.model, self.subnet)
-            glora.freeze_unused(self.model)
         elif self.mode == "supernet":
             self.sampler = glora.set_subnet(self.model, None, seed=s.seed)
         self.init = init_from_supernet(self, s.init_from) if s.init_from else {"init": "fresh"}
@@ -69,12 +68,16 @@ class Run:
         self.inputs = run_inputs(s.data_path, self.task, (self.splits["train"], self.splits["search"]),
                                  s.pretrained, subnet=subnet_digest(s.subnet), init=self.init.get("init_sha256"))
         self.model.to(device)
+        # A fixed subnet trains exactly the entries it reads (views of partly read tensors), so the
+        # trainable count is its budget count plus the head, and AdamW holds moments for no more.
+        params = (glora.train_read_entries(self.model) if self.mode == "subnet"
+                  else [p for p in self.model.parameters() if p.requires_grad])
         if self.mode != "supernet":  # a sampling supernet changes its graph every step
             compile_fixed(self.model, resolve_compile(s.compile, device))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        # The fused kernel on CUDA: one launch per step instead of one per tensor.
-        self.optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay,
-                                           fused=device.type == "cuda")
+        # The fused kernel on CUDA: one launch per step instead of one per tensor. It takes dense
+        # tensors only, which a column view (a vector support's trained entries) is not.
+        fused = device.type == "cuda" and all(p.is_contiguous() for p in params)
+        self.optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, fused=fused)
         # The floor and warm-up start never exceed the peak, so --lr 0 really freezes the weights
         # (the original's absolute 1e-5 / 1e-6 would otherwise lift a smaller lr).
         self.scheduler = CosineLRScheduler(self.optimizer, t_initial=s.epochs,
@@ -123,6 +126,13 @@ class Run:
             raise CheckpointError(f"{self.ckpt_path} was trained with other settings ({'; '.join(diffs)}); "
                                   "resume with the recorded values, or start afresh with --overwrite")
         glora.load_trained_state(self.model, ckpt["state_dict"], full=self.mode == "full")
+        params = trained_tensors(self.optimizer)  # the optimizer state is keyed by their index
+        state = ckpt["optimizer"].get("state", {}) if isinstance(ckpt.get("optimizer"), dict) else {}
+        if any(int(i) >= len(params) or ("exp_avg" in st and st["exp_avg"].shape != params[int(i)].shape)
+               for i, st in state.items()):
+            # e.g. a fixed subnet saved when it still trained whole factors, not the entries it reads
+            raise CheckpointError(f"{self.ckpt_path}: its optimizer state does not fit the tensors this "
+                                  "run trains (written by an earlier version?); start afresh in another --save_path")
         for part, load in (("optimizer", self.optimizer.load_state_dict), ("scheduler", self.scheduler.load_state_dict),
                            ("sampler", self.sampler.load_state_dict if self.sampler else None),
                            ("torch_rng", torch.set_rng_state)):
@@ -231,12 +241,19 @@ def init_checkpoint_path(spec: str, task: str) -> Path:
 
 def describe(run: Run, train_images: int) -> str:
     """The line a run starts with: mode, task, split size, layers, trainable parameters, device."""
-    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in trained_tensors(run.optimizer))
     world, batch = run.world, run.settings.batch_size
+    what = {"supernet": "all supernet storage + head", "subnet": "the subnet's budget count + head",
+            "full": "the whole model"}[run.mode]
     return (f"{run.mode} on {run.task.name} ({run.splits['train']}: {train_images} images), "
             f"{len(run.layer_names)} GLoRA layers, {trainable:,} trainable parameters "
-            f"(all supernet storage + head), device {run.device}"
+            f"({what}), device {run.device}"
             + (f", {world.size} ranks of {batch // world.size} images per step" if world.size > 1 else ""))
+
+
+def trained_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The tensors a run trains: its optimizer's (for a fixed subnet, views of the read entries)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def load_data(s: TrainSettings, run: Run, device: torch.device):
@@ -255,7 +272,7 @@ def fit(run: Run, train_loader, val_loader) -> None:
     """The epoch loop: train, step the schedule, validate every ``eval_every``, checkpoint."""
     s, device, world = run.settings, run.device, run.world
     amp = autocast_dtype(s.precision, device)
-    params = [p for p in run.model.parameters() if p.requires_grad]
+    params = trained_tensors(run.optimizer)
     sync = (lambda: average_gradients(params, world)) if world.size > 1 else None
     # The exact state at the start of the current epoch, saved on Ctrl-C (rank 0 writes).
     snapshot = run.payload() if world.main else None

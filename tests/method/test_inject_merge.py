@@ -174,3 +174,75 @@ def test_convert_original_state_dict_loads_into_ours(tiny_vit):
     assert all(".glora_" not in k and not k.startswith("head.") for k in missing)
     for key, value in ours.items():
         assert torch.equal(fresh.state_dict()[key], value)
+
+
+# Fixed-subnet training trains exactly the entries the subnet reads (train_read_entries).
+PARTIAL = [{"A": "vector", "B": "LoRA_4", "C": "vector", "D": "constant", "E": "vector"},
+           {"A": "LoRA_2", "B": "constant", "C": "LoRA_3", "D": "vector", "E": "constant"},
+           {"A": "constant", "B": "vector", "C": "none", "D": "none", "E": "none"},
+           {"A": "none", "B": "LoRA_1", "C": "LoRA_4", "D": "vector", "E": "vector"}] * 2
+
+
+def adamw_steps(model, params, x, y, steps=3):
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=False)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("subnet", [PARTIAL, random_subnet(8, seed=9)], ids=["partial", "random"])
+def test_fixed_subnet_trains_exactly_its_budget_count(subnet):
+    """Fails if a fixed subnet trains, decays or keeps optimizer moments for stored entries it
+    never reads (all of a vector support's (out, r) factor rather than column 0, a constant's
+    whole factor, the columns beyond k of LoRA_k): the trainable count, the entries that move
+    under AdamW with weight decay, and each moment's size all equal count_params plus the head;
+    the state-dict names stay glora_*."""
+    model = make_tiny_vit(seed=2)
+    glora.inject_glora(model, 4)
+    randomize_glora(model, seed=3)
+    glora.set_subnet(model, subnet)
+    keys, head = set(model.state_dict()), model.head.weight.numel() + model.head.bias.numel()
+    start = {k: v.clone() for k, v in glora.glora_state_dict(model).items()}
+    params = glora.train_read_entries(model)
+    budget = glora.count_params(model, subnet)
+    assert sum(p.numel() for p in params) == budget + head
+    torch.manual_seed(0)
+    opt = adamw_steps(model, params, torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,)))
+    end = glora.glora_state_dict(model)
+    moved = sum(int((end[k] != start[k]).sum()) for k in start if ".glora_" in k)
+    assert moved == budget
+    for moment in ("exp_avg", "exp_avg_sq"):
+        assert sum(opt.state[p][moment].numel() for p in params) == budget + head
+    assert set(model.state_dict()) == keys
+
+
+def test_fixed_subnet_training_equals_full_tensor_training_on_read_entries():
+    """Fails if training through views changes what the subnet computes: against AdamW on the whole
+    stored tensors (unread entries get zero gradients and only decay), the read entries and the
+    logits after three steps are equal; the views share memory with the stored tensors."""
+    x, y = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    models = []
+    for views in (True, False):
+        model = make_tiny_vit(seed=2)
+        glora.inject_glora(model, 4)
+        randomize_glora(model, seed=3)
+        glora.mark_trainable(model)
+        glora.set_subnet(model, PARTIAL)
+        if views:
+            params = glora.train_read_entries(model)
+        else:
+            glora.freeze_unused(model)
+            params = [p for p in model.parameters() if p.requires_grad]
+        adamw_steps(model, params, x, y)
+        models.append(model.eval())
+    with torch.no_grad():
+        assert torch.allclose(models[0](x), models[1](x), rtol=0, atol=1e-6)
+    for (_, a), (_, b), choice in zip(glora.glora_layers(models[0]), glora.glora_layers(models[1]), PARTIAL):
+        for name, index in glora.layer.read_entries(choice, 4).items():
+            assert torch.allclose(getattr(a, name)[index], getattr(b, name)[index], rtol=0, atol=1e-7), name
+        for name, view in a._views.items():
+            assert view.data_ptr() == getattr(a, name).data_ptr()
+    with pytest.raises(RuntimeError, match="cannot change"):
+        glora.set_subnet(models[0], PARTIAL)

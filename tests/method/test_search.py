@@ -66,20 +66,29 @@ def test_random_candidate_within_budget(shapes, min_p, max_p):
         assert min_p <= subnet_params(subnet, shapes) <= max_p
 
 
-def test_tight_budget_reached_quickly():
+@pytest.mark.parametrize("sampling", ["exact", "repair"])
+def test_tight_budget_reached_quickly(sampling):
     # Uniform draws at rank 4 on ViT-B hold 0.41-0.60 M; 0.29 M accepts ~1 in 20,000 of them.
     rng, stats = random.Random(1), {}
-    subnets = [random_candidate(rng, RANK, VIT_B, 0, 290_000, stats=stats) for _ in range(50)]
+    subnets = [random_candidate(rng, RANK, VIT_B, 0, 290_000, sampling=sampling, stats=stats)
+               for _ in range(50)]
     assert all(subnet_params(s, VIT_B) <= 290_000 for s in subnets)
-    assert stats["repaired"] + stats.get("constructed", 0) >= 45
+    if sampling == "repair":
+        assert stats["repaired"] + stats.get("constructed", 0) >= 45
+    else:
+        assert stats == {"exact": 50}
 
 
-def test_exact_budget_is_constructed():
+@pytest.mark.parametrize("sampling,stat", [("exact", "exact"), ("repair", "constructed")])
+def test_exact_budget_is_reached(sampling, stat):
     # 960 = one C vector on a 768-input layer + all 192 constants of A, B, D, E: a single shape of
-    # subnet, unreachable by uniform draws or by repair, reachable by the exact construction.
+    # subnet, unreachable by uniform draws or by repair, reachable by exact sampling and by the
+    # repair heuristic's exact construction.
     stats = {}
-    subnet = random_candidate(random.Random(0), RANK, VIT_B, 960, 960, stats=stats)
-    assert subnet_params(subnet, VIT_B) == 960 and stats["constructed"] == 1
+    subnet = random_candidate(random.Random(0), RANK, VIT_B, 960, 960, sampling=sampling, stats=stats)
+    assert subnet_params(subnet, VIT_B) == 960 and stats[stat] == 1
+    assert sum(c["C"] == "vector" for c in subnet) == 1
+    assert all(c[s] == "constant" for c in subnet for s in "ABDE")
 
 
 @pytest.mark.parametrize("min_p,max_p,expect", [

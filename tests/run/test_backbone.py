@@ -66,3 +66,20 @@ def test_npz_loading_does_not_touch_the_network(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     save_google_npz(make_tiny_vit(), tmp_path / "w.npz")
     load_backbone(make_tiny_vit(seed=2), tmp_path / "w.npz")
+
+
+@pytest.mark.parametrize("precision,tf32,amp", [("auto", True, None), ("fp32", False, None),
+                                                ("bf16", True, torch.bfloat16)])
+def test_precision_auto_is_the_originals_numerics(precision, tf32, amp, monkeypatch):
+    """Fails if --precision auto autocasts to bf16 on CUDA, or does not turn TF32 matmuls and
+    convolutions on there (fp32 weights with TF32, as the original ran on torch 1.10): only bf16
+    autocasts, only fp32 turns TF32 off, and the CPU's settings are left alone."""
+    from glora.run.backbone import autocast_dtype, set_matmul_numerics
+    for flag in (torch.backends.cuda.matmul, torch.backends.cudnn):
+        monkeypatch.setattr(flag, "allow_tf32", not tf32)  # restored after the test
+    set_matmul_numerics(precision, torch.device("cpu"))
+    assert torch.backends.cuda.matmul.allow_tf32 is (not tf32)
+    set_matmul_numerics(precision, torch.device("cuda"))
+    assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+    assert autocast_dtype(precision, torch.device("cuda")) is amp
+    assert autocast_dtype(precision, torch.device("cpu")) is amp

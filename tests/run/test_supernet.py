@@ -150,6 +150,44 @@ def test_fixed_subnet_trains_only_the_tensors_it_uses(setup):
     assert changed == {k for k in init if k.endswith(("glora_Bd", "glora_Bu")) or k.startswith("head.")}
 
 
+def test_fixed_subnet_reports_and_trains_its_budget_count(setup, capsys):
+    """Fails if a vector support trains (or keeps AdamW moments for) its whole (out, r) factor: with
+    the ssf preset (A, E vector) the run reports count_params + head trainable parameters, moves
+    only column 0 of each glora_Ad, and its optimizer state holds moments of that size."""
+    ckpt = run(setup, "ssf", "--subnet", "ssf")
+    outs = [96, 32, 128, 32] * 2  # the tiny ViT's GLoRA layers: qkv, proj, fc1, fc2 per block
+    budget, head = 2 * sum(outs), 10 * 32 + 10
+    assert f"{budget + head:,} trainable parameters (the subnet's budget count + head)" in capsys.readouterr().out
+    settings = supernet.settings_from(["--config", str(setup / "tiny.yaml"), "--dataset", "eurosat", "--subnet", "ssf"])
+    torch.manual_seed(settings.seed)
+    init = glora.run.trainer.Run(settings, torch.device("cpu")).trained_state()
+    for key, before in init.items():
+        moved = before != ckpt["state_dict"][key]
+        if key.endswith("glora_Ad"):
+            assert moved[:, 0].all() and not moved[:, 1:].any(), key
+        elif key.endswith("glora_E") or key.startswith("head."):
+            assert moved.all(), key
+        else:
+            assert not moved.any(), key
+    moments = [s["exp_avg"].numel() for s in ckpt["optimizer"]["state"].values()]
+    assert sum(moments) == budget + head
+
+
+def test_resume_refuses_optimizer_moments_of_whole_factors(setup):
+    """Fails if a fixed-subnet checkpoint whose AdamW moments cover whole (out, r) factors (as
+    written before fixed subnets trained only the entries they read) resumes into a shape error in
+    the first step instead of one clear refusal."""
+    run(setup, "ssf", "--subnet", "ssf")
+    path = setup / "ssf" / "eurosat.pt"
+    ckpt = torch.load(path, weights_only=True)
+    for state in ckpt["optimizer"]["state"].values():
+        if state["exp_avg"].dim() == 2 and state["exp_avg"].shape[1] == 1:  # a vector's column
+            state["exp_avg"] = state["exp_avg"].repeat(1, 4)
+    torch.save(ckpt, path)
+    with pytest.raises(SystemExit, match="optimizer state does not fit the tensors this run trains"):
+        run(setup, "ssf", "--subnet", "ssf", "--resume")
+
+
 def test_subnet_file_is_accepted_and_mismatches_refused(setup):
     names = run(setup, "sup")["layer_names"]
     choice = {"A": "vector", "B": "none", "C": "none", "D": "none", "E": "constant"}
