@@ -119,19 +119,49 @@ def count_params(model: nn.Module, subnet: Subnet) -> int:
     return sum(choice_params(c, m.in_features, m.out_features) for (_, m), c in zip(layers, choices))
 
 
-def mark_trainable(model: nn.Module) -> list[str]:
-    """Set ``requires_grad`` exactly on ``glora_*`` tensors and ``head.*``; return those names."""
+def head_names(model: nn.Module, modules_to_save: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The task heads that train and are saved beside the GLoRA tensors, by module name.
+
+    ``modules_to_save`` (as PEFT's: a Hugging Face ``classifier``, ``score`` or ``lm_head``) wins;
+    otherwise a timm model's ``pretrained_cfg['classifier']`` names them (``head`` and ``head_dist``
+    for a distilled DeiT), and a module named ``head`` is the fallback.
+    """
+    if modules_to_save is not None:
+        names = [modules_to_save] if isinstance(modules_to_save, str) else list(modules_to_save)
+        missing = [n for n in names if not _is_module(model, n)]
+        if missing:
+            raise TargetError(f"modules_to_save: {missing[0]!r} is not a module of the model")
+        return tuple(names)
+    cfg = getattr(model, "pretrained_cfg", None)
+    declared = cfg.get("classifier") if isinstance(cfg, Mapping) else None
+    declared = [declared] if isinstance(declared, str) else list(declared or [])
+    found = tuple(n for n in declared if _is_module(model, n))
+    return found or (("head",) if _is_module(model, "head") else ())
+
+
+def _is_module(model: nn.Module, name: str) -> bool:
+    try:
+        return isinstance(model.get_submodule(name), nn.Module)
+    except AttributeError:
+        return False
+
+
+def mark_trainable(model: nn.Module, modules_to_save: Sequence[str] | None = None) -> list[str]:
+    """Set ``requires_grad`` exactly on ``glora_*`` tensors and the task heads' (``head_names``);
+    return those names."""
+    heads = head_names(model, modules_to_save)
     trainable = []
     for name, param in model.named_parameters():
-        param.requires_grad_(is_trainable_name(name))
+        param.requires_grad_(is_trainable_name(name, heads))
         if param.requires_grad:
             trainable.append(name)
     return trainable
 
 
-def glora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Exactly the ``glora_*`` and ``head.*`` tensors of the model's state dict."""
-    return {k: v for k, v in model.state_dict().items() if is_trainable_name(k)}
+def glora_state_dict(model: nn.Module, modules_to_save: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Exactly the ``glora_*`` tensors and the task heads' (``head_names``) of the state dict."""
+    heads = head_names(model, modules_to_save)
+    return {k: v for k, v in model.state_dict().items() if is_trainable_name(k, heads)}
 
 
 def freeze_unused(model: nn.Module) -> list[str]:
@@ -149,7 +179,7 @@ def freeze_unused(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def train_read_entries(model: nn.Module) -> list[nn.Parameter]:
+def train_read_entries(model: nn.Module, modules_to_save: Sequence[str] | None = None) -> list[nn.Parameter]:
     """For fixed-subnet training: the tensors to optimise, exactly the stored entries the subnet
     reads (``count_params`` of them) plus the head; everything else frozen.
 
@@ -158,7 +188,8 @@ def train_read_entries(model: nn.Module) -> list[nn.Parameter]:
     applies no weight decay to entries the subnet never reads; state-dict names are unchanged.
     Call after ``set_subnet`` and after moving the model to its device.
     """
-    trained = [p for n, p in model.named_parameters() if n.startswith("head.")]
+    heads = head_names(model, modules_to_save)
+    trained = [p for n, p in model.named_parameters() if any(n.startswith(f"{h}.") for h in heads)]
     for p in model.parameters():
         p.requires_grad_(False)
     for _, layer in glora_layers(model):
@@ -168,7 +199,8 @@ def train_read_entries(model: nn.Module) -> list[nn.Parameter]:
     return trained
 
 
-def load_trained_state(model: nn.Module, state: Mapping[str, torch.Tensor], full: bool = False) -> None:
+def load_trained_state(model: nn.Module, state: Mapping[str, torch.Tensor], full: bool = False,
+                       modules_to_save: Sequence[str] | None = None) -> None:
     """Load a ``glora_state_dict`` (or, ``full=True``, a whole state dict) into the model.
 
     After the non-strict load, the missing keys must be exactly the frozen backbone's.
@@ -181,7 +213,8 @@ def load_trained_state(model: nn.Module, state: Mapping[str, torch.Tensor], full
     except RuntimeError as err:  # shape mismatches: a different model, rank or class count
         detail = " ".join(str(err).split())
         raise CheckpointError(f"checkpoint tensors do not fit the model: {detail[:300]}") from None
-    wrong_missing = [k for k in missing if is_trainable_name(k)]
+    heads = head_names(model, modules_to_save)
+    wrong_missing = [k for k in missing if is_trainable_name(k, heads)]
     if unexpected or wrong_missing:
         raise CheckpointError(f"checkpoint tensors do not fit the model: unexpected {unexpected[:4]}, "
                          f"missing {wrong_missing[:4]} (different model, depth or rank?)")

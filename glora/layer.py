@@ -1,7 +1,7 @@
 """The GLoRA linear layer: one frozen linear plus the shared storage of its five supports."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -304,9 +304,11 @@ def used_tensor_names(choice: Mapping[str, str], rank: int) -> set[str]:
     return used
 
 
-def is_trainable_name(name: str) -> bool:
-    """The one rule for what trains and is saved: ``glora_*`` tensors and the head."""
-    return name.rsplit(".", 1)[-1].startswith("glora_") or name.startswith("head.")
+def is_trainable_name(name: str, heads: Sequence[str] = ("head",)) -> bool:
+    """The one rule for what trains and is saved: ``glora_*`` tensors and the task heads' tensors
+    (``heads``: module names; ``glora.head_names`` finds a timm model's, e.g. ``head`` and
+    ``head_dist`` of a distilled DeiT)."""
+    return name.rsplit(".", 1)[-1].startswith("glora_") or any(name.startswith(f"{h}.") for h in heads)
 
 
 def merged_linear(layer: GLoRALinear) -> nn.Linear:

@@ -28,7 +28,7 @@ from torch import nn
 from glora.errors import OutputError
 from glora.export.peft_map import (AdapterPlan, encode_layer, plan_adapters, plan_single_adapter,
                                    stored_numbers)
-from glora.inject import count_params, current_subnet, glora_layers, set_subnet
+from glora.inject import count_params, current_subnet, glora_layers, head_names, set_subnet
 from glora.io.files import atomic_folder, file_kind
 from glora.layer import is_trainable_name
 from glora.merge import merge_glora
@@ -46,9 +46,10 @@ def base_copy(model: nn.Module) -> nn.Module:
 
 
 def trained_modules(model: nn.Module) -> list[str]:
-    """Top-level modules, other than GLoRA tensors, that train with the subnet (the head)."""
+    """The task heads that train with the subnet (``glora.head_names``), as PEFT's modules_to_save."""
+    heads = head_names(model)
     return sorted({n.split(".")[0] for n, _ in model.named_parameters()
-                   if is_trainable_name(n) and ".glora_" not in n})
+                   if is_trainable_name(n, heads) and ".glora_" not in n})
 
 
 def to_peft_model(model: nn.Module, modules_to_save: Sequence[str] | None = None, single_adapter: bool = False,

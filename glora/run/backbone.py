@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from glora.errors import ConfigError, WeightsError
+from glora.inject import head_names
 from glora.run.checkpoint import load_failure, state_digest
 
 WEIGHTS_HELP = ("download the original ImageNet-21k ViT-B/16 weights "
@@ -70,7 +71,8 @@ def load_backbone(model: nn.Module, path: str | Path) -> None:
         raise WeightsError(f"cannot load pretrained weights from {path}: {load_failure(err)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} holds no state dict of tensors (check the file)")
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    heads = head_names(model)  # the task heads are never taken from the file
+    state = {k: v for k, v in state.items() if not any(k.startswith(f"{h}.") for h in heads)}
     own = model.state_dict()
     wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if wrong:  # one line, not torch's line per tensor
@@ -79,7 +81,7 @@ def load_backbone(model: nn.Module, path: str | Path) -> None:
                            f"{first} is {tuple(state[first].shape)} in the file, {tuple(own[first].shape)} "
                            "in the model); check --model and model_kwargs")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("head.")]
+    missing = [k for k in missing if not any(k.startswith(f"{h}.") for h in heads)]
     if missing or unexpected:
         raise WeightsError(f"{path} does not fit the model: missing {missing[:4]}, "
                            f"unexpected {unexpected[:4]} (check --model and model_kwargs)")

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 import glora
 from glora.errors import one_line_errors
@@ -143,7 +142,7 @@ def search_and_export(s: SearchSettings, job: Job, device: torch.device, out: Pa
     if job.searching:
         subnet, info = run_search(s, model, search_loader, device, out, state, job.supernet)
     params = glora.count_params(model, subnet) if subnet is not None else sum(
-        p.numel() for n, p in model.named_parameters() if not n.startswith("head."))
+        p.numel() for n, p in model.named_parameters() if not glora.is_trainable_name(n, glora.head_names(model)))
     if subnet is not None:
         glora.set_subnet(model, subnet)
         write_yaml(out / "subnet.yaml", subnet_document(
@@ -164,7 +163,7 @@ def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
     settings = settings_from(argv)
     if settings.print_config:
-        print(yaml.safe_dump(settings.record(), sort_keys=False), end="")
+        print(settings.as_yaml(), end="")
         return
     try:
         with one_line_errors(), sigterm_as_interrupt():

@@ -370,7 +370,7 @@ def make_results(s: SearchSettings, job: Job, params: int, info: dict, tested: d
         search_split_in_training=splits["search"] in SPLIT_PARTS.get(trained_on, (trained_on,)),
         selection_split=splits["search"], search_acc1=info["search_acc1"], test_acc1=tested["test_acc1"],
         test_acc1_merged=tested["test_acc1_merged"], test_n=tested["test_n"], params=params, params_M=params / 1e6,
-        head_params=sum(p.numel() for n, p in job.model.named_parameters() if n.startswith("head.")),
+        head_params=sum(p.numel() for h in glora.head_names(job.model) for p in job.model.get_submodule(h).parameters()),
         param_limit_M=budget_limit(s, ckpt, job.searching),
         min_param_limit_M=s.min_param_limits if job.searching else None,
         rank=s.rank, seed=s.seed, supernet_seed=ckpt["config"].get("seed"), supernet_epochs=ckpt["epoch"],

@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import yaml
+
 from glora.run.config import given_keys, parse_args
 
 NOT_FLAGS = ("given", "argv")  # fields that say where the settings came from
@@ -67,6 +69,10 @@ class Common:
     def replace(self, **changes: Any):
         """A copy with ``changes``; the record itself never changes."""
         return dataclasses.replace(self, **changes)
+
+    def as_yaml(self) -> str:
+        """``record()`` as YAML: what ``--print-config`` prints and ``args.yaml`` holds."""
+        return yaml.safe_dump(self.record(), sort_keys=False)
 
     def record(self) -> dict[str, Any]:
         """The settings as plain types, in field order (YAML files, checkpoints, results)."""

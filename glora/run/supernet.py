@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 import vtab
 from glora.errors import one_line_errors
@@ -171,7 +170,7 @@ def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
     settings = settings_from(argv)
     if settings.print_config:
-        print(yaml.safe_dump(settings.record(), sort_keys=False), end="")
+        print(settings.as_yaml(), end="")
         return
     try:
         with one_line_errors(), sigterm_as_interrupt():
