@@ -49,6 +49,7 @@ class SearchStateError(CheckpointError, ValueError):
     """A search state of another format or other settings, or malformed (a ValueError as before)."""
 
 
+STALL = 1000  # random draws in a row that found no new subnet before a refill stops short
 STAT_KEYS = ("exact", "plain_draws", "plain_accepted", "repaired", "constructed", "mutation_tries",
              "mutations", "crossover_tries", "crossovers", "random_tries", "randoms", "duplicates")
 
@@ -198,15 +199,20 @@ class EvolutionSearch:
         return self._refill(pending)
 
     def _refill(self, pending: dict[str, Subnet]) -> dict[str, Subnet]:
-        # The original looped until full; bounded here so a small, exhausted space cannot hang.
+        # The original looped until full; bounded here so a small, exhausted space cannot hang: at
+        # most 10 draws per place, and it stops after STALL draws in a row that found nothing new
+        # (a population larger than the space ends with the count it reached).
         cfg = self.config
+        stalled = 0
         for _ in range(10 * cfg["population_num"]):
-            if len(pending) >= cfg["population_num"]:
+            if len(pending) >= cfg["population_num"] or stalled >= STALL:
                 break
             child = random_candidate(self.rng, cfg["rank"], self._shapes, self._lo, self._hi,
                                      sampling=cfg["sampling"], plain_tries=cfg["plain_tries"],
                                      stats=self.stats)
+            before = len(pending)
             self._offer(pending, child, "random")
+            stalled = 0 if len(pending) > before else stalled + 1
         return pending
 
     def result(self) -> SearchResult:

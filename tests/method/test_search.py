@@ -219,3 +219,15 @@ def test_invalid_settings_rejected():
     with pytest.raises(ValueError, match="non-finite|nan"):
         small_search(lambda s: float("nan")).run()
     assert SUPPORTS == ("A", "B", "C", "D", "E")
+
+
+def test_a_population_larger_than_the_space_terminates_with_what_it_reached():
+    """Fails if a population of 1e8 over a budget that admits a handful of subnets spins (the refill
+    drew up to 10 per place, a billion draws of the same few subnets)."""
+    shapes = [(4, 4)]
+    lo = hi = 8  # rank 1: A = LoRA_1 (8) or B = LoRA_1 (8) or A and B vector (4 + 4), D/E/C none, ...
+    search = EvolutionSearch(lambda subnet: 1.0, shapes, 1, population_num=10**8, select_num=2, mutation_num=2,
+                             crossover_num=2, max_epochs=1, max_params=hi, min_params=lo, seed=0)
+    result = search.run()
+    reached = result.num_evaluated
+    assert 0 < reached < 1000 and len(search.candidates) <= reached
