@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.distributed as dist
+
+from glora.errors import GLoRAError
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,24 @@ def init_world(backend: str) -> World:
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def on_main(world: World, check: Callable[[], None]) -> None:
+    """Run ``check`` on rank 0 only, and have every rank raise its refusal (a ``GLoRAError``) with
+    it, so a refusal ends every rank with the same line instead of leaving the others to fail in
+    a collective."""
+    refusal = None
+    if world.main:
+        try:
+            check()
+        except GLoRAError as err:
+            refusal = err
+    if world.size > 1:
+        box = [refusal]
+        dist.broadcast_object_list(box, src=0)
+        refusal = box[0]
+    if refusal is not None:
+        raise refusal
 
 
 def average_gradients(params: Iterable[torch.Tensor], world: World) -> None:

@@ -26,7 +26,7 @@ from glora.run.checkpoint import CheckpointError, load_checkpoint, recorded_sett
 from glora.run.config import RUN_ONLY_KEYS, add_common_args, differing_settings, sigterm_as_interrupt, write_yaml
 from glora.run.inputs import PATH_KEYS, differing_inputs
 from glora.run.logs import log, run_log
-from glora.run.distributed import close, init_world
+from glora.run.distributed import close, init_world, on_main
 from glora.run.engine import NonFiniteLossError
 from glora.run.preflight import SUPERNET_RANGES, check_batch_size, check_common, check_ranges
 from glora.run.settings import TrainSettings
@@ -121,9 +121,8 @@ def main(settings: TrainSettings) -> None:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     say = log if world.main else (lambda *a, **k: None)  # only rank 0 prints and writes
-    folder = output_folder(s)  # rank 0 owns it (torchrun stops the other ranks if it refuses)
-    if world.main:
-        folder.check(s.resume, s.overwrite)  # writes nothing: a refused run leaves no trace
+    folder = output_folder(s)  # rank 0 owns it
+    on_main(world, lambda: folder.check(s.resume, s.overwrite))  # writes nothing; every rank stops on a refusal
     seen = folder.held_outputs()
     torch.manual_seed(s.seed)  # the same on every rank: the same head init and choice sampler
     run = Run(s, device, world)  # model, weights, targets, rank and input size checked

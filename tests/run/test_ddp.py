@@ -95,3 +95,19 @@ def test_two_gloo_ranks_equal_one_process_and_resume_across_world_sizes(setup, m
     # Not silent: the change is said, and the checkpoint keeps every stretch's number of ranks.
     assert "was trained on 1 rank(s) and resumes on 2" in out and resumed["world_sizes"] == {0: 1, 2: 2}
     assert_close_states(one, resumed)
+
+
+def test_a_refusal_on_rank_0_ends_every_rank_with_its_line(setup):
+    """Fails if rank 0 refusing the output folder leaves rank 1 to die in a gloo collective with a
+    traceback, instead of both ranks stopping with the same one-line refusal."""
+    supernet.cli(["--config", str(setup / "c.yaml"), "--save_path", str(setup / "taken"), "--epochs", "1",
+                  "--eval-every", "1"])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "supernet.py"), "--config", str(setup / "c.yaml"), "--save_path", str(setup / "taken")]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    text = res.stdout + res.stderr
+    # torchrun's launcher reports a failed rank with a traceback of its own; the ranks print none
+    frames = [line for line in text.splitlines() if line.strip().startswith('File "')]
+    assert res.returncode != 0 and "gloo" not in text.lower()
+    assert all("torch/distributed" in line or "<frozen runpy>" in line for line in frames), frames
+    assert text.count("holds a run (eurosat.pt); continue it with --resume") == 2
