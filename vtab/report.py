@@ -29,6 +29,7 @@ from vtab.report_stats import annotate, csv_rows, demo_note, select_lr, verdict_
 from vtab.report_table import default_tasks, method_table
 
 REFERENCE_CSV = Path(__file__).with_name("reference.csv")
+MATPLOTLIB_MISSING = "matplotlib is not installed: pip install '.[report]' (or -r requirements-extras.txt)"
 REQUIRED_KEYS = ("dataset", "method", "protocol", "selection_split", "test_acc1")
 AVERAGES = ("mean_of_groups", "mean_19")
 PLOT_FILE = "accuracy_vs_params.png"
@@ -305,7 +306,7 @@ def _vtab_sections(rep: Report) -> list[str]:
 
 
 def render_markdown(rep: Report, plot_file: str | None = None,
-                    skipped: str = "matplotlib is not importable", tasks: Sequence[str] = ()) -> str:
+                    skipped: str = MATPLOTLIB_MISSING, tasks: Sequence[str] = ()) -> str:
     """The whole report as markdown."""
     out = ["# VTAB-1k report", "", f"Runs: `{rep.runs_dir}` ({rep.n_files} results.json files, "
            f"{len(rep.errors)} unreadable). Protocols:", ""]
@@ -387,6 +388,9 @@ def plot(rep: Report, path: Path) -> bool:
                             textcoords="offset points", color="0.4")
         ax.set_xscale("symlog", linthresh=0.01)  # linear probing has 0 params
         ax.set(title=title, xlabel="trainable params (M)", ylabel="top-1 (%)")
+        counts = sorted({round(row.params_M, 4) for row, _ in points if row.params_M is not None})
+        if 0 < len(counts) <= 6:  # few models (the mini tasks): tick each count, symlog gives none there
+            ax.set_xticks(counts, [f"{c:g}" for c in counts], fontsize=7, rotation=30)
     handles = {h.get_label(): h for ax in fig.axes for h in ax.get_legend_handles_labels()[0]}
     labels = [label for label in colours if label in handles]  # in row order
     fig.legend([handles[label] for label in labels], labels, loc="outside lower center", fontsize=7)
@@ -425,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vtab.report: error: {one_line(e)}", file=sys.stderr)
         return 2
     plotted = not args.no_plot and plot(rep, out / PLOT_FILE)
-    skipped = "--no-plot" if args.no_plot else "matplotlib is not importable"
+    skipped = "--no-plot" if args.no_plot else MATPLOTLIB_MISSING
     tasks = args.tasks or default_tasks(rep.ours, rep.ref.tasks)
     markdown = render_markdown(rep, PLOT_FILE if plotted else None, skipped, tasks)
     atomic_write(out / "report.md", markdown)

@@ -218,9 +218,9 @@ def test_plot_is_skipped_without_matplotlib(tmp_path, monkeypatch, capsys):
     write_result(runs, "cifar", 70.0)
     assert main([str(runs), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "Plot skipped: matplotlib is not importable." in md
+    assert "Plot skipped: matplotlib is not installed: pip install '.[report]' (or -r requirements-extras.txt)." in md
     assert not (tmp_path / "out" / "accuracy_vs_params.png").exists()
-    assert "skipped the plot (matplotlib is not importable)" in capsys.readouterr().out
+    assert "skipped the plot (matplotlib is not installed: pip install '.[report]'" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("make", ["missing", "empty", "only_corrupt"])
