@@ -90,7 +90,7 @@ def completed(settings: SearchSettings) -> str | None:
     diffs += differing_inputs(record.get("inputs"), lambda: current_inputs(settings))
     if diffs:
         raise CheckpointError(f"{path} holds results of other settings ({'; '.join(diffs)}); they are kept: "
-                              "run these settings with another --save_path")
+                              f"to run these settings, move {path.parent} aside or use another --save_path")
     return f"already finished: {path} (test acc1 {record.get('test_acc1')})"
 
 

@@ -92,7 +92,7 @@ def completed(settings: TrainSettings) -> str | None:
     diffs += differing_inputs(ckpt.get("inputs"), lambda: current_inputs(settings))
     if diffs:
         raise CheckpointError(f"{path} is a finished run with other settings ({'; '.join(diffs)}); it is kept: "
-                              "run these settings with another --save_path")
+                              f"to run these settings, move {path.parent} aside or use another --save_path")
     return f"already finished: {path} ({settings.epochs} epochs)"
 
 

@@ -127,7 +127,8 @@ class Run:
                                   "resume with the recorded values, or start afresh with --overwrite")
         glora.load_trained_state(self.model, ckpt["state_dict"], full=self.mode == "full")
         params = trained_tensors(self.optimizer)  # the optimizer state is keyed by their index
-        state = ckpt["optimizer"].get("state", {}) if isinstance(ckpt.get("optimizer"), dict) else {}
+        state = ckpt["optimizer"].get("state") if isinstance(ckpt.get("optimizer"), dict) else None
+        state = state if isinstance(state, dict) else {}  # malformed: load_state_dict below says so
         if any(int(i) >= len(params) or ("exp_avg" in st and st["exp_avg"].shape != params[int(i)].shape)
                for i, st in state.items()):
             # e.g. a fixed subnet saved when it still trained whole factors, not the entries it reads

@@ -196,6 +196,7 @@ def has_outputs(job: Job) -> bool:
 
 def mark_finished(jobs: dict[str, Job], targets: list[str]) -> None:
     """Mark finished jobs done, then jobs that nothing unfinished needs as unneeded."""
+    notes: dict[str, str] = {}
     for job in jobs.values():
         try:
             note = finished(job)
@@ -205,11 +206,19 @@ def mark_finished(jobs: dict[str, Job], targets: list[str]) -> None:
         except Exception as err:  # noqa: BLE001 - e.g. "finished with other settings": a job failure
             job.state, job.note = "failed", f"{type(err).__name__}: {err}"
             continue
-        # Not done while an input is still to be finished over what it holds (or failed): once it
-        # is finished, the output is checked against it (finished() raises StaleError if it changed).
-        # An input that is simply gone (deleted to save space) is not made again for it.
-        if note and not any(jobs[d].state != "done" and has_outputs(jobs[d]) for d in job.deps):
-            job.state, job.note = "done", note
+        if note:
+            notes[job.name] = note
+    # Not done while an input is still to be finished over what it holds (or failed): once it is
+    # finished, the output is checked against it (finished() raises StaleError if it changed). An
+    # input that is simply gone (deleted to save space) is not made again for it. Inputs are
+    # settled first, whatever order the jobs come in (a retrain's inputs are exports).
+    settled = True
+    while settled:
+        settled = False
+        for job in jobs.values():
+            if job.state == "waiting" and job.name in notes and \
+                    not any(jobs[d].state != "done" and has_outputs(jobs[d]) for d in job.deps):
+                job.state, job.note, settled = "done", notes[job.name], True
     needed: set[str] = set()
     stack = [t for t in targets if jobs[t].state != "done"]
     while stack:

@@ -42,7 +42,7 @@ def test_supernet_auto_starts_fresh_then_skips_and_refuses_other_settings(root, 
     assert capsys.readouterr().out == f"already finished: {root / 's' / 'eurosat.pt'} (3 epochs)\n"
     assert (root / "s" / "eurosat.pt").stat().st_mtime_ns == mtime
     with pytest.raises(SystemExit, match=r"eurosat.pt is a finished run with other settings \(lr: 0.01 -> 0.02\); "
-                                         r"it is kept: run these settings with another --save_path"):
+                                         r"it is kept: to run these settings, move .* aside or use another --save_path"):
         train(root, "s", "--lr", "2e-2")
 
 

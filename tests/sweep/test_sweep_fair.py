@@ -85,7 +85,7 @@ def test_without_a_grid_nothing_changes(tmp_path):
 
 
 @pytest.mark.parametrize("plan, message", [
-    ({"lr_grid": [0.01, -1]}, "lr_grid value -1 is not a positive number"),
+    ({"lr_grid": [0.01, -1]}, "lr_grid value -1 is not a finite positive number"),
     ({"methods": ["glora_long"]}, "unknown method 'glora_long'"),
     ({"method_args": {"lora": {"lr_grid": ["x"]}}}, "method_args: lora: lr_grid value 'x'"),
 ])
