@@ -9,11 +9,11 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 
-from glora.errors import ConfigError
+from glora.errors import ConfigError, one_line_errors
 from glora.run.compile import COMPILE_CHOICES
 from glora.io.files import atomic_write
 from glora.run.yaml_files import load_yaml
@@ -233,6 +233,20 @@ def _type_problem(action: argparse.Action, value: Any) -> str | None:
 def write_yaml(path: str | os.PathLike, data: Any) -> None:
     """Write YAML atomically (``glora.io.files.atomic_write``)."""
     atomic_write(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def run_command(settings, main: Callable[[Any], None], interrupted: Callable[[], str]) -> None:
+    """A step's command: print the settings (``--print-config``) or run ``main``; expected failures
+    are one line, and Ctrl-C or SIGTERM that ``main`` does not handle itself ends with the line
+    ``interrupted()`` gives."""
+    if settings.print_config:
+        print(settings.as_yaml(), end="")
+        return
+    try:
+        with one_line_errors(), sigterm_as_interrupt():
+            main(settings)
+    except KeyboardInterrupt:
+        raise SystemExit(interrupted()) from None
 
 
 @contextlib.contextmanager

@@ -21,12 +21,11 @@ from pathlib import Path
 import torch
 
 import glora
-from glora.errors import one_line_errors
 from glora.io.files import read_regular_text
 from glora.io.outputs import OutputFolder
 from glora.run.backbone import autocast_dtype, resolve_device, set_matmul_numerics
 from glora.run.checkpoint import CheckpointError, subnet_document, versions
-from glora.run.config import add_common_args, differing_settings, sigterm_as_interrupt, write_yaml
+from glora.run.config import add_common_args, differing_settings, run_command, write_yaml
 from glora.run.engine import evaluate
 from glora.run.preflight import check_search
 from glora.run.results import write_results
@@ -162,19 +161,16 @@ def search_and_export(s: SearchSettings, job: Job, device: torch.device, out: Pa
 def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
     settings = settings_from(argv)
-    if settings.print_config:
-        print(settings.as_yaml(), end="")
-        return
-    try:
-        with one_line_errors(), sigterm_as_interrupt():
-            main(settings)
-    except KeyboardInterrupt:
-        state = Path(settings.save_path) / "search_state.json"
-        if state.is_file():
-            raise SystemExit(f"interrupted; the search state of the last finished generation is in {state}; "
-                             "continue with --resume") from None
-        raise SystemExit("interrupted before a search state was written (there is no "
-                         f"{state}); run the same command again to start over") from None
+    run_command(settings, main, lambda: interrupted(settings))
+
+
+def interrupted(settings: SearchSettings) -> str:
+    """The line for Ctrl-C: where the search can continue from, if anywhere."""
+    state = Path(settings.save_path) / "search_state.json"
+    if state.is_file():
+        return (f"interrupted; the search state of the last finished generation is in {state}; "
+                "continue with --resume")
+    return f"interrupted before a search state was written (there is no {state}); run the same command again to start over"
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 import vtab
-from glora.errors import one_line_errors
 from glora.io.outputs import OutputFolder
 from glora.run.backbone import resolve_device, set_matmul_numerics
 from glora.run.checkpoint import CheckpointError, load_checkpoint, recorded_settings, versions
-from glora.run.config import RUN_ONLY_KEYS, add_common_args, differing_settings, sigterm_as_interrupt, write_yaml
+from glora.run.config import (RUN_ONLY_KEYS, add_common_args, differing_settings, run_command, sigterm_as_interrupt,
+                              write_yaml)
 from glora.run.inputs import PATH_KEYS, differing_inputs
 from glora.run.logs import log, run_log
 from glora.run.distributed import close, init_world, on_main
@@ -168,17 +168,15 @@ def check_args(settings: TrainSettings) -> None:
 def cli(argv: list[str] | None = None) -> None:
     """Parse, run, and turn the expected failures into one-line errors."""
     settings = settings_from(argv)
-    if settings.print_config:
-        print(settings.as_yaml(), end="")
-        return
-    try:
-        with one_line_errors(), sigterm_as_interrupt():
-            main(settings)
-    except KeyboardInterrupt:  # outside the epoch loop (which saves and explains itself)
-        path = checkpoint_path(settings)
-        if path.is_file():
-            raise SystemExit(f"interrupted; the last checkpoint is {path}; continue with --resume") from None
-        raise SystemExit("interrupted before a checkpoint was written; run the same command again") from None
+    run_command(settings, main, lambda: interrupted(settings))
+
+
+def interrupted(settings: TrainSettings) -> str:
+    """The line for Ctrl-C outside the epoch loop (which saves and explains itself)."""
+    path = checkpoint_path(settings)
+    if path.is_file():
+        return f"interrupted; the last checkpoint is {path}; continue with --resume"
+    return "interrupted before a checkpoint was written; run the same command again"
 
 
 if __name__ == "__main__":
